@@ -1,0 +1,186 @@
+"""UCE: Unified Concept Editing (Gandikota et al., WACV 2024, arXiv 2308.14761), the closed-form K/V edit.
+
+For every cross-attention key/value projection ``W`` (``attn2.to_k``, ``attn2.to_v``) UCE solves
+
+    min_W  s_e sum_i ||W c_i - W_old g_i||^2 + s_p sum_j ||W r_j - W_old r_j||^2 + lam ||W - W_old||_F^2
+
+(c_i: token embeddings of the erased concept, g_i: of its guide, r_j: of preserved texts), whose solution is
+
+    W = W_old (lam I + s_e sum g c^T + s_p sum r r^T)(lam I + s_e sum c c^T + s_p sum r r^T)^-1 = W_old T.
+
+Because every target is produced by the same matrix's pre-edit weights, ``T`` is one d x d matrix shared by all 32
+projections (research note rece_uce.md 1.9): one solve instead of 32, and an edit that is exactly "apply T to every
+text token before K/V".
+
+Which token rows are used is the biggest difference between the official codes (note 1.3); ``token_policy`` picks it:
+
+- ``uce_legacy`` (default; the code behind the paper's numbers and RECE's UCE stage): the concept's last word token
+  and the EOS/padding rows after it, aligned one-to-one with the guide's last word token onward; preserved texts
+  contribute all 77 rows.
+- ``uce_2025`` (the 2025 rewrite): only the last word token of concept, guide and preserved texts.
+- ``rece``: all 77 rows, aligned by absolute position (RECE's own edit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..concepts import ConceptSet
+from ..edits import Edit
+from ..errors import ConfigError
+from ..linalg import cross, gram, ridge_solve
+from ..models.adapter import ModelAdapter
+from ..validation import to_dict
+from .base import Method, guide_for
+
+TokenPolicy = Literal["uce_legacy", "uce_2025", "rece"]
+
+# Legacy `--add_prompts` templates (note 1.4); the guide is kept untemplated, as in the reference.
+TEMPLATES = {
+    "style": ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"),
+    "object": ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"),
+}
+TEMPLATES["celebrity"] = TEMPLATES["object"]
+TEMPLATES["explicit"] = TEMPLATES["object"]
+
+
+@dataclass
+class UCEConfig:
+    lamb: float = field(
+        default=0.5, metadata={"help": "ridge weight anchoring W to W_old (legacy and 2025 default 0.5)"}
+    )
+    erase_scale: float = field(default=1.0, metadata={"help": "weight s_e of the erase term"})
+    preserve_scale: float | None = field(
+        default=None,
+        metadata={"help": "weight s_p of the preserve term; None = max(0.1, 1/|preserve|) (legacy)"},
+    )
+    token_policy: TokenPolicy = field(
+        default="uce_legacy", metadata={"help": "which token rows are edited: uce_legacy, uce_2025 or rece"}
+    )
+    templates: bool = field(
+        default=False, metadata={"help": "also erase the legacy prompt templates of each concept's kind"}
+    )
+    erase_synonyms: bool = field(default=False, metadata={"help": "also erase each concept's synonyms"})
+    preserve_empty: bool = field(
+        default=True, metadata={"help": "preserve the empty prompt '' (legacy behaviour)"}
+    )
+    edit_keys: bool = field(default=True, metadata={"help": "edit attn2.to_k"})
+    edit_values: bool = field(default=True, metadata={"help": "edit attn2.to_v"})
+
+    def __post_init__(self) -> None:
+        if self.lamb < 0:
+            raise ConfigError(f"uce params.lamb must be >= 0, got {self.lamb}")
+        if self.erase_scale <= 0:
+            raise ConfigError(f"uce params.erase_scale must be > 0, got {self.erase_scale}")
+        if self.preserve_scale is not None and self.preserve_scale < 0:
+            raise ConfigError(f"uce params.preserve_scale must be >= 0, got {self.preserve_scale}")
+        if not (self.edit_keys or self.edit_values):
+            raise ConfigError("uce params: edit_keys and edit_values cannot both be false")
+
+
+def erase_pairs(concepts: ConceptSet, templates: bool, synonyms: bool) -> list[tuple[str, str]]:
+    """(erased text, guide text) pairs: each concept, optionally its synonyms and templated forms."""
+    pairs = []
+    for concept in concepts:
+        guide = guide_for(concept)
+        texts = [concept.text, *(concept.synonyms if synonyms else ())]
+        for text in texts:
+            pairs.append((text, guide))
+            if templates:
+                pairs.extend((t.format(text), guide) for t in TEMPLATES[concept.kind])
+    return pairs
+
+
+def token_rows(
+    model: ModelAdapter, pairs: list[tuple[str, str]], preserve: list[str], policy: TokenPolicy
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edit inputs ``C``, their guide rows ``G`` (paired row by row) and preserve rows ``R``, each ``[n, d]``."""
+    erased, guides = [p[0] for p in pairs], [p[1] for p in pairs]
+    d = model.embedding_dim
+    if policy == "uce_2025":
+        idx_c = [model.last_word_index(t) for t in erased]
+        idx_g = [model.last_word_index(t) for t in guides]
+        idx_r = [model.last_word_index(t) for t in preserve]
+        positions = 1 + max(idx_c + idx_g + idx_r)  # causal encoder: later positions are not needed
+        emb_c, emb_g = model.encode(erased, positions), model.encode(guides, positions)
+        emb_r = model.encode(preserve, positions)
+        pick = lambda emb, idx: emb[torch.arange(len(idx)), torch.tensor(idx, dtype=torch.long)]  # noqa: E731
+        return pick(emb_c, idx_c), pick(emb_g, idx_g), pick(emb_r, idx_r) if preserve else torch.zeros(0, d)
+    emb_c, emb_g, emb_r = model.encode(erased), model.encode(guides), model.encode(preserve)
+    rows_r = emb_r.reshape(-1, d)
+    if policy == "rece":
+        return emb_c.reshape(-1, d), emb_g.reshape(-1, d), rows_r
+    rows_c, rows_g = [], []
+    length = model.max_length
+    for i, (text, guide) in enumerate(pairs):
+        ic, ig = model.last_word_index(text), model.last_word_index(guide)
+        n = length - max(ic, ig)
+        rows_c.append(emb_c[i, ic : ic + n])
+        rows_g.append(emb_g[i, ig : ig + n])
+    return torch.cat(rows_c), torch.cat(rows_g), rows_r
+
+
+def uce_transform(
+    C: torch.Tensor,
+    G: torch.Tensor,
+    R: torch.Tensor,
+    erase_scale: float,
+    preserve_scale: float,
+    lamb: float,
+) -> torch.Tensor:
+    """The shared matrix ``T = (lam I + s_e sum g c^T + s_p sum r r^T)(lam I + s_e sum c c^T + s_p sum r r^T)^-1``.
+
+    Every K/V weight becomes ``W_old @ T``, the minimiser of the UCE objective (see the module docstring).
+    """
+    d = C.shape[-1]
+    preserve_gram = gram(R, preserve_scale)
+    system = gram(C, erase_scale) + preserve_gram
+    rhs = lamb * torch.eye(d, dtype=torch.float64) + cross(G, C, erase_scale) + preserve_gram
+    return ridge_solve(rhs, system, lamb)
+
+
+def transform_weights(weights: dict[str, torch.Tensor], T: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``W @ T`` for every weight, computed in float64 and returned in each weight's dtype."""
+    return {n: (w.detach().to(torch.float64) @ T.to(w.device)).to(w.dtype) for n, w in weights.items()}
+
+
+def selected_weights(model: ModelAdapter, keys: bool, values: bool) -> dict[str, torch.Tensor]:
+    """The K and/or V weights a closed-form edit changes."""
+    chosen = {}
+    for layer in model.layers:
+        if keys:
+            chosen[layer.key_weight] = layer.to_k.weight
+        if values:
+            chosen[layer.value_weight] = layer.to_v.weight
+    return chosen
+
+
+def preserve_list(concepts: ConceptSet, empty: bool) -> list[str]:
+    """The preserved texts, with the empty prompt first when asked (legacy UCE always preserves '')."""
+    texts = concepts.preserve_texts()
+    return ([""] if empty and "" not in texts else []) + texts
+
+
+class UCE(Method):
+    """Closed-form erasure of concepts from the cross-attention K/V projections."""
+
+    name = "uce"
+    config_class = UCEConfig
+
+    def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
+        cfg = self.config
+        T = self.transform(model, concepts)
+        weights = transform_weights(selected_weights(model, cfg.edit_keys, cfg.edit_values), T)
+        return Edit.from_weights(self.name, to_dict(cfg), concepts.to_dict(), model, weights)
+
+    def transform(self, model: ModelAdapter, concepts: ConceptSet) -> torch.Tensor:
+        """The shared ``T`` for ``concepts`` (RECE starts from it)."""
+        cfg = self.config
+        pairs = erase_pairs(concepts, cfg.templates, cfg.erase_synonyms)
+        preserve = preserve_list(concepts, cfg.preserve_empty)
+        C, G, R = token_rows(model, pairs, preserve, cfg.token_policy)
+        s_p = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / max(len(preserve), 1))
+        return uce_transform(C, G, R, cfg.erase_scale, s_p, cfg.lamb)

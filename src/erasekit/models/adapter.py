@@ -1,0 +1,225 @@
+"""What every method needs to know about a model, in one place.
+
+The adapter finds the cross-attention layers of a Stable Diffusion UNet (``attn2``: to_k, to_v, to_out), encodes
+prompts exactly as the pipeline does (CLIP ``last_hidden_state`` at 77 positions, no attention mask for SD1.x/2.x), and
+locates a phrase's tokens inside a prompt. Methods never hard-code module names; they ask the adapter.
+
+Supported layouts: SD1.x (CLIP ViT-L/14 text encoder, padding with EOS) and SD2.x (OpenCLIP ViT-H, padding with "!").
+SDXL (two text encoders) is refused with a clear message until its adapter exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ModelLayoutError, NumericalError, TokenizationError
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One cross-attention block of the UNet; ``name`` is its module path, e.g. ``mid_block.attentions.0....attn2``."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def to_k(self) -> nn.Linear:
+        return self.module.to_k
+
+    @property
+    def to_v(self) -> nn.Linear:
+        return self.module.to_v
+
+    @property
+    def to_out(self) -> nn.Linear:
+        return self.module.to_out[0]
+
+    @property
+    def key_weight(self) -> str:
+        """UNet state-dict name of the key projection's weight."""
+        return f"{self.name}.to_k.weight"
+
+    @property
+    def value_weight(self) -> str:
+        """UNet state-dict name of the value projection's weight."""
+        return f"{self.name}.to_v.weight"
+
+
+class ModelAdapter:
+    """A read-mostly view of a diffusers SD pipeline for erasure methods.
+
+    Raises :class:`ModelLayoutError` for a pipeline whose layout is unknown and :class:`NumericalError` when the
+    cross-attention weights are not finite.
+    """
+
+    def __init__(self, pipe) -> None:
+        for part in ("unet", "text_encoder", "tokenizer"):
+            if getattr(pipe, part, None) is None:
+                raise ModelLayoutError(
+                    f"pipeline {type(pipe).__name__} has no '{part}': erasekit edits Stable Diffusion-style pipelines "
+                    "(a UNet with cross-attention, a CLIP text encoder and its tokenizer)"
+                )
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            raise ModelLayoutError(
+                f"pipeline {type(pipe).__name__} has two text encoders (SDXL layout), which erasekit does not support yet"
+            )
+        self.pipe = pipe
+        self.unet = pipe.unet
+        self.text_encoder = pipe.text_encoder
+        self.tokenizer = pipe.tokenizer
+        self.layers = self._find_cross_attention()
+        self.check_finite()
+
+    # ----------------------------------------------------------------- layout
+    def _find_cross_attention(self) -> list[CrossAttentionLayer]:
+        hidden = self.text_encoder.config.hidden_size
+        layers = []
+        for name, module in self.unet.named_modules():
+            if not name.endswith("attn2"):
+                continue
+            to_k, to_v = getattr(module, "to_k", None), getattr(module, "to_v", None)
+            if not isinstance(to_k, nn.Linear) or not isinstance(to_v, nn.Linear):
+                continue
+            if to_k.in_features != hidden or to_v.in_features != hidden:
+                raise ModelLayoutError(
+                    f"cross-attention layer '{name}' expects {to_k.in_features}-d context but the text encoder "
+                    f"produces {hidden}-d embeddings; the UNet and text encoder do not belong together"
+                )
+            layers.append(CrossAttentionLayer(name, module))
+        if not layers:
+            raise ModelLayoutError(
+                f"found no cross-attention layers (attn2.to_k / attn2.to_v) in {type(self.unet).__name__}; "
+                "this model layout is not supported"
+            )
+        return layers
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the text embeddings, i.e. the input width of every K/V projection (768 for SD1.x)."""
+        return self.text_encoder.config.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    @property
+    def family(self) -> str:
+        """``sd1`` when padding repeats EOS (SD1.x), ``sd2`` when it uses a separate pad token (SD2.x)."""
+        return "sd1" if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id else "sd2"
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def kv_weights(self) -> dict[str, nn.Parameter]:
+        """Every cross-attention key and value weight, by UNet state-dict name (live parameters, in layer order)."""
+        out: dict[str, nn.Parameter] = {}
+        for layer in self.layers:
+            out[layer.key_weight] = layer.to_k.weight
+            out[layer.value_weight] = layer.to_v.weight
+        return out
+
+    def unet_parameters(self, names: Sequence[str]) -> dict[str, nn.Parameter]:
+        """Look up UNet parameters by state-dict name, with a clear error for a name this UNet lacks."""
+        params = dict(self.unet.named_parameters())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ModelLayoutError(
+                f"the UNet has no parameter '{missing[0]}' ({len(missing)} missing in all)"
+            )
+        return {n: params[n] for n in names}
+
+    def check_finite(self) -> None:
+        for name, weight in self.kv_weights().items():
+            if not torch.isfinite(weight).all():
+                raise NumericalError(
+                    f"model weight '{name}' contains NaN or infinite values; the model is corrupted"
+                )
+
+    # ------------------------------------------------------------- tokenizing
+    def word_tokens(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS/EOS; raises if the text cannot be encoded faithfully."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if text.strip() and not ids:
+            raise TokenizationError(f"the tokenizer turns '{text}' into no tokens at all")
+        unk = self.tokenizer.unk_token_id
+        specials = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        if unk is not None and unk not in specials and unk in ids:
+            raise TokenizationError(
+                f"the tokenizer does not know some words of '{text}' (they map to the unknown token)"
+            )
+        if len(ids) > self.max_length - 2:
+            raise TokenizationError(
+                f"'{text[:40]}...' is {len(ids)} tokens long; the text encoder takes at most {self.max_length - 2}"
+            )
+        return ids
+
+    def last_word_index(self, text: str) -> int:
+        """Position of the last word token (BOS is 0, words 1..n, EOS n+1); 0 (BOS) for an empty text."""
+        return len(self.word_tokens(text))
+
+    def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
+        """Positions (in the 77-token sequence) of the first occurrence of ``phrase``'s tokens inside ``prompt``."""
+        whole, part = self.word_tokens(prompt), self.word_tokens(phrase)
+        if not part:
+            raise TokenizationError("cannot locate an empty phrase in a prompt")
+        for start in range(len(whole) - len(part) + 1):
+            if whole[start : start + len(part)] == part:
+                return list(range(1 + start, 1 + start + len(part)))
+        raise TokenizationError(f"'{phrase}' does not occur (as tokens) in the prompt '{prompt}'")
+
+    # --------------------------------------------------------------- encoding
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Input ids padded to the model's 77 positions, as the pipeline builds them."""
+        for text in texts:
+            self.word_tokens(text)
+        batch = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return batch.input_ids
+
+    @torch.no_grad()
+    def encode(
+        self, texts: Sequence[str], positions: int | None = None, batch_size: int = 32
+    ) -> torch.Tensor:
+        """Per-token text embeddings ``[len(texts), positions or 77, d]`` in float32, on the CPU.
+
+        ``positions`` < 77 encodes only the first positions: CLIP's encoder is causal, so those rows are the same as in
+        a full encoding (to float noise) at a fraction of the cost. Use it only when no EOS/padding row is needed.
+        """
+        if not texts:
+            return torch.zeros(0, positions or self.max_length, self.embedding_dim)
+        ids = self.tokenize(texts)
+        if positions is not None:
+            ids = ids[:, :positions]
+        use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        device = self.text_encoder.device
+        out = []
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size].to(device)
+            mask = (chunk != self.tokenizer.pad_token_id).long() if use_mask else None
+            out.append(self.text_encoder(chunk, attention_mask=mask)[0].float().cpu())
+        return torch.cat(out)
+
+    def fingerprint(self) -> str:
+        """sha256 of the text encoder's weights: a cache key for text embeddings of this model."""
+        return tensors_fingerprint(self.text_encoder.state_dict())
+
+
+def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of ``tensors`` (in sorted name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,97 @@
+"""Tiny, offline Stable Diffusion pipelines for tests, examples and first use.
+
+The pipeline has the SD1.x layout (cross-attention in down, mid and up blocks; a causal CLIP text encoder; CLIP's real
+tokenizer) at a size that runs in milliseconds on a CPU. Weights are random but deterministic for a seed, so edits and
+images are reproducible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .io import atomic_dir
+from .models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
+
+TINY_HIDDEN = 32
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Build (in memory) a tiny SD1.x-layout pipeline with random weights fixed by ``seed``."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_HIDDEN,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(16, 32),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=TINY_HIDDEN,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=MODEL_MAX_LENGTH,
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+                hidden_act="quick_gelu",
+            )
+        )
+    finally:
+        torch.random.set_rng_state(gen_state)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny pipeline (safetensors) to ``path`` unless one is already there; return the path.
+
+    Written atomically, so a crash never leaves a half-saved model behind.
+    """
+    path = Path(path)
+    if (path / "model_index.json").exists():
+        return path
+    with atomic_dir(path) as tmp:
+        build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
+    return path
