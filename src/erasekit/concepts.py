@@ -45,16 +45,12 @@ class Concept:
         if not isinstance(self.text, str) or not self.text.strip():
             raise ConfigError("a concept's text must be a non-empty string")
         if self.kind not in KINDS:
-            raise ConfigError(
-                f"concept '{self.text}': kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
-            )
+            raise ConfigError(f"concept '{self.text}': kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "text", " ".join(self.text.split()))
         object.__setattr__(self, "synonyms", tuple(self.synonyms))
         object.__setattr__(self, "preserve", tuple(self.preserve))
         if normalize(self.text) in {normalize(p) for p in self.preserve}:
-            raise ConfigError(
-                f"concept '{self.text}' is also in its own preserve set; a concept cannot be both"
-            )
+            raise ConfigError(f"concept '{self.text}' is also in its own preserve set; a concept cannot be both")
 
     @classmethod
     def parse(cls, item: Any, where: str = "concepts") -> Concept:
@@ -159,9 +155,7 @@ class RunConfig:
             problem = getattr(exc, "problem", None) or "invalid YAML"
             raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
         if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: expected a mapping of fields at the top level (model, method, concepts, ...)"
-            )
+            raise ConfigError(f"{path}: expected a mapping of fields at the top level (model, method, concepts, ...)")
         try:
             return from_dict(cls, data, where=path.name)
         except ConfigError as exc:

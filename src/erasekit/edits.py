@@ -104,13 +104,9 @@ class Edit:
             if current != self.base_fingerprint:
                 if current == tensors_fingerprint(self.weights):
                     raise BaseModelMismatchError("the pipeline already carries this edit's weights")
-                dtypes = {str(p.dtype) for p in params.values()} - {
-                    str(w.dtype) for w in self.weights.values()
-                }
+                dtypes = {str(p.dtype) for p in params.values()} - {str(w.dtype) for w in self.weights.values()}
                 hint = (
-                    f" (the pipeline is {dtypes.pop()}; load it in the dtype the edit was fitted in)"
-                    if dtypes
-                    else ""
+                    f" (the pipeline is {dtypes.pop()}; load it in the dtype the edit was fitted in)" if dtypes else ""
                 )
                 raise BaseModelMismatchError(
                     "this edit was fitted on a different base model: the weights it replaces do not match its "
@@ -156,9 +152,7 @@ class Edit:
             raise ArtifactError(f"artifact '{path}' is inconsistent: its tensors do not match its metadata")
         for name, tensor in weights.items():
             if not torch.isfinite(tensor).all():
-                raise ArtifactError(
-                    f"artifact '{path}' is corrupted: tensor '{name}' contains NaN or infinite values"
-                )
+                raise ArtifactError(f"artifact '{path}' is corrupted: tensor '{name}' contains NaN or infinite values")
         try:
             return cls(
                 method=meta["method"],
@@ -185,9 +179,7 @@ class Edit:
         try:
             with atomic_dir(out_dir) as tmp:
                 pipe.save_pretrained(tmp, safe_serialization=True)
-                (tmp / "erasekit_edit.json").write_text(
-                    json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8"
-                )
+                (tmp / "erasekit_edit.json").write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
         finally:
             if applied_here:
                 self.remove(pipe)
@@ -204,13 +196,9 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             header = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open API)
     except Exception as exc:  # safetensors raises several unrelated types for damaged files
-        raise ArtifactError(
-            f"'{path}' is not a readable safetensors file (corrupted or truncated?): {exc}"
-        ) from None
+        raise ArtifactError(f"'{path}' is not a readable safetensors file (corrupted or truncated?): {exc}") from None
     if header.get("format") != FORMAT or "erasekit" not in header:
-        raise ArtifactError(
-            f"'{path}' is a safetensors file but not an erasekit edit (no '{FORMAT}' metadata)"
-        )
+        raise ArtifactError(f"'{path}' is a safetensors file but not an erasekit edit (no '{FORMAT}' metadata)")
     try:
         meta = json.loads(header["erasekit"])
     except json.JSONDecodeError as exc:

@@ -44,9 +44,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {options}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(
-                f"{where}: must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}"
-            )
+            raise ConfigError(f"{where}: must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

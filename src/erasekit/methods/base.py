@@ -39,9 +39,7 @@ class Method(ABC):
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(field, default, help) for every hyper-parameter, for ``erasekit methods`` and the docs."""
         defaults = cls.config_class()
-        return [
-            (f.name, getattr(defaults, f.name), f.metadata.get("help", "")) for f in fields(cls.config_class)
-        ]
+        return [(f.name, getattr(defaults, f.name), f.metadata.get("help", "")) for f in fields(cls.config_class)]
 
 
 def guide_for(concept, default_guides: dict[str, str] = DEFAULT_GUIDES) -> str:

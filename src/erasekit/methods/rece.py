@@ -47,9 +47,7 @@ Validator = Callable[[int, ModelAdapter], float]
 @dataclass
 class RECEConfig:
     uce: UCEConfig = field(default_factory=UCEConfig, metadata={"help": "settings of the initial UCE stage"})
-    epochs: int | None = field(
-        default=None, metadata={"help": "RECE epochs; None = per kind (explicit 3, else 1)"}
-    )
+    epochs: int | None = field(default=None, metadata={"help": "RECE epochs; None = per kind (explicit 3, else 1)"})
     lambda_reg: float | None = field(
         default=None,
         metadata={
@@ -58,9 +56,7 @@ class RECEConfig:
     )
     lamb: float = field(default=0.1, metadata={"help": "ridge weight of each RECE edit (lambda_2 = 0.1)"})
     erase_scale: float = field(default=1.0, metadata={"help": "erase weight of each RECE edit"})
-    preserve_scale: float = field(
-        default=0.1, metadata={"help": "preserve weight of each RECE edit (lambda_1 = 0.1)"}
-    )
+    preserve_scale: float = field(default=0.1, metadata={"help": "preserve weight of each RECE edit (lambda_1 = 0.1)"})
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 0:
@@ -112,10 +108,7 @@ class RECE(Method):
         derived = {}
         for epoch in range(1, epochs + 1):
             adversarial = torch.stack(
-                [
-                    derive_embedding(c_rows[i], T, G, self._lambda_reg(concept))
-                    for i, concept in enumerate(concepts)
-                ]
+                [derive_embedding(c_rows[i], T, G, self._lambda_reg(concept)) for i, concept in enumerate(concepts)]
             )
             derived[f"rece/embeddings/epoch{epoch}"] = adversarial.float()
             d = model.embedding_dim
@@ -134,14 +127,10 @@ class RECE(Method):
         best = min(range(len(scores)), key=scores.__getitem__) if scores else len(history) - 1
         weights = transform_weights(originals, history[best])
         info = {"epochs_run": epochs, "selected_epoch": best, "validation_scores": scores}
-        return Edit.from_weights(
-            self.name, to_dict(cfg), concepts.to_dict(), model, weights, extras=derived, info=info
-        )
+        return Edit.from_weights(self.name, to_dict(cfg), concepts.to_dict(), model, weights, extras=derived, info=info)
 
     def _lambda_reg(self, concept) -> float:
-        return (
-            self.config.lambda_reg if self.config.lambda_reg is not None else DEFAULT_LAMBDA_REG[concept.kind]
-        )
+        return self.config.lambda_reg if self.config.lambda_reg is not None else DEFAULT_LAMBDA_REG[concept.kind]
 
     @staticmethod
     def _validate(

@@ -64,9 +64,7 @@ class UCEConfig:
         default=False, metadata={"help": "also erase the legacy prompt templates of each concept's kind"}
     )
     erase_synonyms: bool = field(default=False, metadata={"help": "also erase each concept's synonyms"})
-    preserve_empty: bool = field(
-        default=True, metadata={"help": "preserve the empty prompt '' (legacy behaviour)"}
-    )
+    preserve_empty: bool = field(default=True, metadata={"help": "preserve the empty prompt '' (legacy behaviour)"})
     edit_keys: bool = field(default=True, metadata={"help": "edit attn2.to_k"})
     edit_values: bool = field(default=True, metadata={"help": "edit attn2.to_v"})
 

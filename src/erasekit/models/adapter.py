@@ -66,7 +66,8 @@ class ModelAdapter:
                 )
         if getattr(pipe, "text_encoder_2", None) is not None:
             raise ModelLayoutError(
-                f"pipeline {type(pipe).__name__} has two text encoders (SDXL layout), which erasekit does not support yet"
+                f"pipeline {type(pipe).__name__} has two text encoders (SDXL layout); "
+                "erasekit does not support SDXL yet"
             )
         self.pipe = pipe
         self.unet = pipe.unet
@@ -129,17 +130,13 @@ class ModelAdapter:
         params = dict(self.unet.named_parameters())
         missing = [n for n in names if n not in params]
         if missing:
-            raise ModelLayoutError(
-                f"the UNet has no parameter '{missing[0]}' ({len(missing)} missing in all)"
-            )
+            raise ModelLayoutError(f"the UNet has no parameter '{missing[0]}' ({len(missing)} missing in all)")
         return {n: params[n] for n in names}
 
     def check_finite(self) -> None:
         for name, weight in self.kv_weights().items():
             if not torch.isfinite(weight).all():
-                raise NumericalError(
-                    f"model weight '{name}' contains NaN or infinite values; the model is corrupted"
-                )
+                raise NumericalError(f"model weight '{name}' contains NaN or infinite values; the model is corrupted")
 
     # ------------------------------------------------------------- tokenizing
     def word_tokens(self, text: str) -> list[int]:
@@ -188,9 +185,7 @@ class ModelAdapter:
         return batch.input_ids
 
     @torch.no_grad()
-    def encode(
-        self, texts: Sequence[str], positions: int | None = None, batch_size: int = 32
-    ) -> torch.Tensor:
+    def encode(self, texts: Sequence[str], positions: int | None = None, batch_size: int = 32) -> torch.Tensor:
         """Per-token text embeddings ``[len(texts), positions or 77, d]`` in float32, on the CPU.
 
         ``positions`` < 77 encodes only the first positions: CLIP's encoder is causal, so those rows are the same as in

@@ -59,9 +59,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 
-def load_pipeline(
-    spec: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
-) -> DiffusionPipeline:
+def load_pipeline(spec: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> DiffusionPipeline:
     """Load a pipeline read-only (the folder on disk is never written) in ``dtype`` on ``device``."""
     quiet_libraries()
     source = resolve_model(spec)
