@@ -95,3 +95,9 @@ def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     with atomic_dir(path) as tmp:
         build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
     return path
+
+
+def sample_image(pipe: StableDiffusionPipeline, prompt: str = "a photo of a dog", seed: int = 0, steps: int = 3):
+    """A deterministic 16x16 image as a float numpy array: enough to compare tiny pipelines bit for bit."""
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(prompt, num_inference_steps=steps, height=16, width=16, generator=generator, output_type="np").images

@@ -1,0 +1,237 @@
+"""How long UCE and RECE take on an SD1.5-size model, and how that time splits between text encoding and the edit.
+
+Builds the full SD1.x architecture with random weights (UNet 860 M parameters, cross-attention 768; a CLIP ViT-L
+text encoder from its config; the real CLIP tokenizer; a tiny VAE, never used by a closed-form edit), then fits UCE
+(default settings) and RECE (3 epochs) for 1, 10 and 100 celebrity names with 100 artist names preserved (MACE's
+lists). Each fit is timed end to end; every call to the text encoder (``ModelAdapter.encode``) is timed separately,
+so "edit" is everything else: token bookkeeping, Grams, solves and the ``W @ T`` products for the 32 K/V matrices.
+The claim checked (research note rece_uce.md 1.10): the edit costs less than the text encoding it needs.
+
+Peak memory is the process's peak resident set during the fit minus its resident set before it (Linux: the
+high-water mark is reset through ``/proc/self/clear_refs``), i.e. what fitting adds on top of the loaded model.
+
+    python benchmarks/closed_form.py            # sizes 1, 10, 100 with 100 preserved (several minutes)
+    python benchmarks/closed_form.py --quick    # sizes 1, 10 with 10 preserved
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from rich.console import Console
+from rich.table import Table
+from transformers import CLIPTextConfig, CLIPTextModel
+
+import erasekit
+from erasekit.concepts import Concept, ConceptSet
+from erasekit.methods import RECE, UCE
+from erasekit.models import ModelAdapter
+from erasekit.models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
+
+DATA_DIR = Path(os.environ.get("ERASEKIT_DATA", "/work/shared/data"))
+RECE_EPOCHS = 3
+
+
+def build_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """SD1.x UNet and CLIP ViT-L text encoder at full size with random weights; a tiny VAE to save memory."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=MODEL_MAX_LENGTH,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    return pipe
+
+
+def read_names(path: Path, n: int) -> list[str]:
+    """The first ``n`` names of one of the MACE name lists (column ``name``)."""
+    if not path.is_file():
+        raise SystemExit(f"{path} not found; set ERASEKIT_DATA to the folder holding mace_celebrities.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        names = [row["name"] for row in csv.DictReader(handle)]
+    if len(names) < n:
+        raise SystemExit(f"{path} has {len(names)} names, {n} are needed")
+    return names[:n]
+
+
+def resident_kib(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak) of this process, in KiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+
+
+class EncodeTimer:
+    """Wraps one adapter's ``encode`` to add up the seconds and texts that go through the text encoder."""
+
+    def __init__(self, model: ModelAdapter) -> None:
+        self.seconds, self.texts, self.calls = 0.0, 0, 0
+        encode = model.encode
+
+        def timed(texts, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return encode(texts, *args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.texts += len(texts)
+                self.calls += 1
+
+        model.encode = timed
+
+
+def measure(fit: Callable[[ModelAdapter], Any], pipe: StableDiffusionPipeline) -> dict[str, float]:
+    """Time ``fit`` on a fresh adapter of ``pipe`` and split the time into text encoding and edit."""
+    model = ModelAdapter(pipe)
+    timer = EncodeTimer(model)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark to the current RSS
+    before = resident_kib("VmRSS")
+    start = time.perf_counter()
+    fit(model)
+    total = time.perf_counter() - start
+    peak = resident_kib("VmHWM") - before
+    edit = total - timer.seconds
+    return {
+        "total_s": total,
+        "encode_s": timer.seconds,
+        "edit_s": edit,
+        "edit_over_encode": edit / timer.seconds if timer.seconds else float("inf"),
+        "encode_share": timer.seconds / total,
+        "texts_encoded": timer.texts,
+        "encode_calls": timer.calls,
+        "peak_mib": peak / 1024,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(resident_total_gib(), 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "erasekit": erasekit.__version__,
+    }
+
+
+def resident_total_gib() -> float:
+    meminfo = Path("/proc/meminfo").read_text()
+    return int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) / 2**20
+
+
+def print_table(console: Console, rows: list[dict[str, Any]], n_preserve: int) -> None:
+    table = Table(title=f"Closed-form edits on SD1.5-size random weights ({n_preserve} preserved, fp32, CPU)")
+    for name in ("method", "concepts", "texts enc.", "total s", "encode s", "edit s", "edit/encode", "peak MiB"):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for r in rows:
+        ratio = f"{r['edit_over_encode']:.2f}"
+        table.add_row(
+            r["method"],
+            str(r["concepts"]),
+            str(r["texts_encoded"]),
+            f"{r['total_s']:.1f}",
+            f"{r['encode_s']:.1f}",
+            f"{r['edit_s']:.2f}",
+            ratio if r["edit_over_encode"] < 1 else f"[red]{ratio}[/red]",
+            f"{r['peak_mib']:.0f}",
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="sizes 1 and 10 with 10 preserved")
+    parser.add_argument("--sizes", type=int, nargs="+", help="numbers of concepts (default 1 10 100)")
+    parser.add_argument("--preserve", type=int, help="number of preserved artist names (default 100)")
+    parser.add_argument("--methods", nargs="+", default=["uce", "rece"], choices=["uce", "rece"])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/closed_form.json"))
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([1, 10] if args.quick else [1, 10, 100])
+    n_preserve = args.preserve if args.preserve is not None else (10 if args.quick else 100)
+
+    console = Console()
+    celebrities = read_names(DATA_DIR / "mace_celebrities.csv", max(sizes))
+    preserve = read_names(DATA_DIR / "mace_artists.csv", n_preserve)
+    start = time.perf_counter()
+    pipe = build_sd15_pipeline()
+    n_params = sum(p.numel() for p in pipe.unet.parameters())
+    console.print(f"built SD1.5-size pipeline ({n_params / 1e6:.0f} M UNet parameters) in {time.perf_counter() - start:.0f} s")
+    ModelAdapter(pipe).encode(["warm-up"])  # first-call overheads (allocator, kernels) are not part of any fit
+
+    methods = {"uce": UCE(), "rece": RECE(epochs=RECE_EPOCHS)}
+    rows = []
+    for n in sizes:
+        concepts = ConceptSet(tuple(Concept(name, kind="celebrity") for name in celebrities[:n]), tuple(preserve))
+        for name in args.methods:
+            result = measure(lambda model, m=methods[name], c=concepts: m.fit(model, c), pipe)
+            rows.append({"method": name, "concepts": n, "preserve": n_preserve, **result})
+            console.print(
+                f"{name} n={n}: {result['total_s']:.1f} s (encode {result['encode_s']:.1f} s, "
+                f"edit {result['edit_s']:.2f} s), peak +{result['peak_mib']:.0f} MiB"
+            )
+
+    print_table(console, rows, n_preserve)
+    holds = all(r["edit_over_encode"] < 1 for r in rows)
+    console.print(f"target (edit < text encoding at every size): {'holds' if holds else 'FAILS'}")
+    report = {
+        "benchmark": "closed_form",
+        "machine": machine(),
+        "model": {"unet_params": n_params, "text_encoder": "CLIP ViT-L config, random weights", "dtype": "float32"},
+        "settings": {"sizes": sizes, "preserve": n_preserve, "rece_epochs": RECE_EPOCHS, "kind": "celebrity"},
+        "results": rows,
+        "target_holds": holds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny offline pipeline saved per test session, loaded fresh where a test mutates it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from erasekit.models import ModelAdapter, load_pipeline
+from erasekit.testing import tiny_pipeline
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1.x-layout pipeline folder (seed 0), built once per session."""
+    return tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny pipeline with other weights (seed 1): "another base model"."""
+    return tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-1", seed=1)
+
+
+@pytest.fixture
+def tiny_pipe(tiny_path: Path):
+    """A freshly loaded tiny pipeline that a test may modify."""
+    return load_pipeline(tiny_path)
+
+
+@pytest.fixture
+def tiny_model(tiny_pipe) -> ModelAdapter:
+    return ModelAdapter(tiny_pipe)
