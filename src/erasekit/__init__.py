@@ -6,13 +6,33 @@
 >>> erasekit.load_edit(pipe, "dog.safetensors")  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .api import erase, run_config
-from .concepts import Concept, ConceptSet, RunConfig
-from .edits import Edit, load_edit
-from .errors import ErasekitError
-from .models import ModelAdapter, load_pipeline
+# Public names are imported on first use, so that `import erasekit` (and `erasekit --help`) does not load torch.
+_EXPORTS = {
+    "erase": "api",
+    "run_config": "api",
+    "Concept": "concepts",
+    "ConceptSet": "concepts",
+    "RunConfig": "concepts",
+    "Edit": "edits",
+    "load_edit": "edits",
+    "ErasekitError": "errors",
+    "ModelAdapter": "models",
+    "load_pipeline": "models",
+}
+
+if TYPE_CHECKING:
+    from .api import erase, run_config
+    from .concepts import Concept, ConceptSet, RunConfig
+    from .edits import Edit, load_edit
+    from .errors import ErasekitError
+    from .models import ModelAdapter, load_pipeline
 
 __all__ = [
     "Concept",
@@ -27,3 +47,13 @@ __all__ = [
     "load_pipeline",
     "run_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'erasekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

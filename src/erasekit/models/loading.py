@@ -56,6 +56,7 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 

@@ -1,0 +1,283 @@
+"""The ``erasekit`` command line: erase concepts from a YAML config, inspect the artifact, sample it, export it.
+
+Bad input (any :class:`ErasekitError`) ends as one line ``error: <message>`` on stderr and exit code 2; any other
+exception is a bug and keeps its traceback. torch and diffusers are imported inside the commands that need them, so
+``erasekit --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from . import __version__
+from .concepts import RunConfig
+from .errors import ConfigError, ErasekitError, OutputExistsError
+from .io import atomic_file, check_output
+
+WORLD_MODULE = "erasekit.world.cli"
+ARTIFACT_NAME = "edit.safetensors"
+
+console = Console(highlight=False)
+status_console = Console(stderr=True, highlight=False)
+
+
+class RootGroup(TyperGroup):
+    """The top-level command: reports :class:`ErasekitError` as one line with exit code 2, mounts ``world`` lazily."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except ErasekitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [*names, "world"] if world_app() is not None else names
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "world" and (world := world_app()) is not None:
+            return typer.main.get_command(world)
+        return super().get_command(ctx, name)
+
+
+def world_app() -> typer.Typer | None:
+    """The ``erasekit world`` sub-app, or None where :mod:`erasekit.world` is not installed."""
+    try:
+        module = importlib.import_module(WORLD_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("erasekit.world", WORLD_MODULE):
+            return None
+        raise
+    return module.app
+
+
+app = typer.Typer(
+    cls=RootGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"erasekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Erase concepts from diffusers text-to-image models, inspect the edits, ship the result."""
+
+
+# ------------------------------------------------------------------ commands
+@app.command()
+def erase(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML); see examples/.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output folder. Default: the config's `output`, else runs/<config name>."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact.")] = False,
+) -> None:
+    """Fit the edit a run config describes and save it as <output>/edit.safetensors (+ edit.json)."""
+    run = RunConfig.from_yaml(config)
+    path = Path(output or run.output or Path("runs") / config.stem) / ARTIFACT_NAME
+    check_output(path, overwrite)  # before the fit, not after it
+
+    from .api import run_config
+
+    concepts = ", ".join(c.text for c in run.concept_set)
+    start = time.perf_counter()
+    with status_console.status(f"Erasing {escape(concepts)} from {escape(run.model)} with {run.method}..."):
+        edit = run_config(run)
+        edit.save(path, overwrite=overwrite)
+    elapsed = time.perf_counter() - start
+    console.print(
+        f"Erased {escape(concepts)} with {edit.method}: changed {_changes(edit.weights)} in {elapsed:.1f} s",
+        soft_wrap=True,
+    )
+    console.print(f"Saved {escape(str(path))} and {escape(path.with_suffix('.json').name)}", soft_wrap=True)
+
+
+@app.command()
+def info(
+    artifact: Annotated[Path, typer.Argument(help="Edit artifact (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the artifact's metadata as JSON.")] = False,
+) -> None:
+    """Show what an edit changes, on which base model, with which settings."""
+    from .edits import Edit
+
+    edit = Edit.load(artifact)
+    meta = edit.metadata()
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    table = Table(title=escape(str(artifact)), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("method", edit.method)
+    table.add_row("base model", escape(str(edit.info.get("model", "(not recorded)"))))
+    table.add_row("base fingerprint", edit.base_fingerprint)
+    table.add_row("erasekit version", edit.version)
+    table.add_row("changes", _changes(edit.weights))
+    table.add_row("layers", "\n".join(_layers(edit.weights)))
+    for key, value in _flatten(edit.config):
+        table.add_row(f"params.{key}", escape(json.dumps(value)))
+    table.add_row("preserve", escape(", ".join(edit.concepts.get("preserve", [])) or "-"))
+    for name, tensor in edit.extras.items():
+        table.add_row(f"extras/{name}", f"{tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}")
+    for key, value in _flatten({k: v for k, v in edit.info.items() if k != "model"}):
+        table.add_row(f"fit.{key}", escape(json.dumps(value)))
+    console.print(table)
+
+    concepts = Table("erased concept", "kind", "guide", "synonyms", "preserve", title_justify="left")
+    for concept in edit.concepts.get("concepts", []):
+        concepts.add_row(
+            escape(concept.get("text", "?")),
+            concept.get("kind", "?"),
+            escape(concept["guide"]) if concept.get("guide") is not None else "(method default)",
+            escape(", ".join(concept.get("synonyms", []))),
+            escape(", ".join(concept.get("preserve", []))),
+        )
+    console.print(concepts)
+
+
+@app.command()
+def generate(
+    edit_path: Annotated[Path, typer.Option("--edit", "-e", help="Edit artifact (.safetensors).")],
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts. Default: the erased concepts.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model. Default: the one recorded in the artifact.")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Grid image (.png, .jpg, ...).")] = Path("grid.png"),
+    seed: Annotated[int, typer.Option(help="Seed of every image, with and without the edit.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 30,
+    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 7.5,
+    size: Annotated[int | None, typer.Option(help="Image size in pixels. Default: the model's.")] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing image.")] = False,
+) -> None:
+    """Sample the base model and the edited one from the same seed: a grid with a "base" and an "erased" row."""
+    from PIL import Image
+
+    image_format = Image.registered_extensions().get(output.suffix.lower())
+    if image_format is None:
+        raise ConfigError(f"cannot tell the image format of '{output}'; use a suffix such as .png or .jpg")
+    check_output(output, overwrite)
+
+    from .edits import Edit
+    from .generate import before_after, image_grid
+
+    edit = Edit.load(edit_path)
+    pipe = _load_base(edit, model, device)
+    prompts = prompts or [c["text"] for c in edit.concepts.get("concepts", [])]
+    with status_console.status(f"Sampling {len(prompts)} prompt(s) with and without the edit..."):
+        base, erased = before_after(pipe, edit, prompts, seed=seed, steps=steps, guidance=guidance, size=size)
+    grid = image_grid([("base", base), ("erased", erased)], prompts)
+    with atomic_file(output) as tmp:
+        grid.save(tmp, format=image_format)
+    console.print(f"Saved {escape(str(output))} ({grid.width}x{grid.height})", soft_wrap=True)
+
+
+@app.command()
+def export(
+    edit_path: Annotated[Path, typer.Option("--edit", "-e", help="Edit artifact (.safetensors).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the edited pipeline.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model. Default: the one recorded in the artifact.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Save the base model with the edit applied as a diffusers folder (loads with from_pretrained)."""
+    from .edits import Edit
+    from .models import resolve_model
+
+    edit = Edit.load(edit_path)
+    model = _base_model(edit, model)
+    source = resolve_model(model)
+    if isinstance(source, Path):
+        src, out = source.resolve(), output.resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise OutputExistsError(
+                f"output '{output}' overlaps the input model folder '{source}'; export to a separate folder"
+            )
+    check_output(output, overwrite)
+    pipe = _load_base(edit, model)
+    with status_console.status(f"Exporting to {escape(str(output))}..."):
+        edit.export(pipe, output, overwrite=overwrite)
+    console.print(f"Exported {escape(model)} with the {edit.method} edit to {escape(str(output))}", soft_wrap=True)
+
+
+@app.command()
+def methods() -> None:
+    """List the erasure methods and their hyper-parameters (the `params:` of a run config)."""
+    from .methods import METHODS
+
+    for name, method in METHODS.items():
+        summary = (method.__doc__ or "").strip().splitlines()[0]
+        table = Table("param", "default", "meaning", title=f"{name}: {summary}", title_justify="left")
+        for field, default, help_text in method.describe():
+            shown = f"{type(default).__name__}()" if dataclasses.is_dataclass(default) else json.dumps(default)
+            table.add_row(field, shown, escape(help_text))
+        console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point (``erasekit``); error reporting lives in :class:`RootGroup` so tests see it too."""
+    app()
+
+
+# ------------------------------------------------------------------- helpers
+def _base_model(edit, model: str | None) -> str:
+    """``model``, else the base model recorded in the artifact."""
+    model = model or edit.info.get("model")
+    if not model:
+        raise ConfigError("this edit does not record its base model; pass it with --model")
+    return model
+
+
+def _load_base(edit, model: str | None, device: str = "cpu"):
+    """The edit's base pipeline, loaded in the dtype the edit was fitted in (its fingerprint covers the dtype)."""
+    from .models import load_pipeline
+
+    dtype = next(iter(edit.weights.values())).dtype
+    return load_pipeline(_base_model(edit, model), dtype=dtype, device=device)
+
+
+def _layers(names) -> list[str]:
+    """The modules owning the parameters ``names`` (``...attn2.to_k.weight`` -> ``...attn2``), in order."""
+    return list(dict.fromkeys(n.rsplit(".", 2)[0] for n in names))
+
+
+def _changes(weights: dict[str, Any]) -> str:
+    projections = sorted({n.rsplit(".", 2)[1] for n in weights})
+    return f"{len(weights)} tensors ({', '.join(projections)}) in {len(_layers(weights))} layers"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) pairs of a nested dict, e.g. RECE's ``uce.lamb``."""
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
