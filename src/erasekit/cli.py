@@ -12,11 +12,10 @@ import importlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +26,9 @@ from . import __version__
 from .concepts import RunConfig
 from .errors import ConfigError, ErasekitError, OutputExistsError
 from .io import atomic_file, check_output
+
+if TYPE_CHECKING:
+    from .edits import Edit
 
 WORLD_MODULE = "erasekit.world.cli"
 ARTIFACT_NAME = "edit.safetensors"
@@ -42,16 +44,18 @@ class RootGroup(TyperGroup):
         try:
             return super().main(*args, **kwargs)
         except ErasekitError as exc:
-            click.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         names = super().list_commands(ctx)
         return [*names, "world"] if world_app() is not None else names
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, name: str) -> Any:
         if name == "world" and (world := world_app()) is not None:
-            return typer.main.get_command(world)
+            command = typer.main.get_group(world)  # as add_typer would mount it: a group, no completion flags
+            command.name = name
+            return command
         return super().get_command(ctx, name)
 
 
@@ -128,9 +132,8 @@ def info(
     from .edits import Edit
 
     edit = Edit.load(artifact)
-    meta = edit.metadata()
     if as_json:
-        typer.echo(json.dumps(meta, indent=2))
+        typer.echo(json.dumps(edit.metadata(), indent=2))
         return
     table = Table(title=escape(str(artifact)), show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -210,10 +213,11 @@ def export(
 ) -> None:
     """Save the base model with the edit applied as a diffusers folder (loads with from_pretrained)."""
     from .edits import Edit
-    from .models import resolve_model
+    from .models.loading import quiet_libraries, resolve_model
 
     edit = Edit.load(edit_path)
     model = _base_model(edit, model)
+    quiet_libraries()  # resolving erasekit:tiny imports diffusers pipelines, which warn on import
     source = resolve_model(model)
     if isinstance(source, Path):
         src, out = source.resolve(), output.resolve()
@@ -248,7 +252,7 @@ def main() -> None:
 
 
 # ------------------------------------------------------------------- helpers
-def _base_model(edit, model: str | None) -> str:
+def _base_model(edit: Edit, model: str | None) -> str:
     """``model``, else the base model recorded in the artifact."""
     model = model or edit.info.get("model")
     if not model:
@@ -256,7 +260,7 @@ def _base_model(edit, model: str | None) -> str:
     return model
 
 
-def _load_base(edit, model: str | None, device: str = "cpu"):
+def _load_base(edit: Edit, model: str | None, device: str = "cpu") -> Any:
     """The edit's base pipeline, loaded in the dtype the edit was fitted in (its fingerprint covers the dtype)."""
     from .models import load_pipeline
 
@@ -264,12 +268,13 @@ def _load_base(edit, model: str | None, device: str = "cpu"):
     return load_pipeline(_base_model(edit, model), dtype=dtype, device=device)
 
 
-def _layers(names) -> list[str]:
+def _layers(names: Iterable[str]) -> list[str]:
     """The modules owning the parameters ``names`` (``...attn2.to_k.weight`` -> ``...attn2``), in order."""
     return list(dict.fromkeys(n.rsplit(".", 2)[0] for n in names))
 
 
 def _changes(weights: dict[str, Any]) -> str:
+    """E.g. ``32 tensors (to_k, to_v) in 16 layers``."""
     projections = sorted({n.rsplit(".", 2)[1] for n in weights})
     return f"{len(weights)} tensors ({', '.join(projections)}) in {len(_layers(weights))} layers"
 

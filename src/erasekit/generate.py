@@ -18,7 +18,9 @@ MIN_CELL = 128  # smaller images (tiny test models) are upscaled, pixel for pixe
 LABEL_WIDTH = 72  # left column with the row labels ("base", "erased")
 HEADER_LINES = 2  # lines of prompt text above each column
 FONT_SIZE = 12
+LINE_HEIGHT = FONT_SIZE + 2
 PAD = 4
+HEADER_HEIGHT = HEADER_LINES * LINE_HEIGHT + 2 * PAD
 
 
 def sample(
@@ -58,22 +60,20 @@ def before_after(pipe, edit: Edit, prompts: Sequence[str], **kwargs) -> tuple[li
 def image_grid(rows: Sequence[tuple[str, Sequence[Image.Image]]], columns: Sequence[str]) -> Image.Image:
     """Images in a grid with a label per row (left) and per column (top, wrapped to the column width).
 
-    The grid is ``LABEL_WIDTH + n_columns * cell`` wide and ``header + n_rows * cell`` high, where ``cell`` is the
-    image size, upscaled by an integer factor to at least ``MIN_CELL``.
+    The grid is ``LABEL_WIDTH + n_columns * cell`` wide and ``HEADER_HEIGHT + n_rows * cell`` high, where ``cell``
+    is the image size, upscaled by an integer factor to at least ``MIN_CELL``.
     """
     width, height = rows[0][1][0].size
     scale = -(-MIN_CELL // min(width, height))  # ceil, >= 1
     cell_w, cell_h = width * scale, height * scale
     font = ImageFont.load_default(size=FONT_SIZE)
-    line_height = FONT_SIZE + 2
-    header = HEADER_LINES * line_height + 2 * PAD
-    grid = Image.new("RGB", (LABEL_WIDTH + len(columns) * cell_w, header + len(rows) * cell_h), "white")
+    grid = Image.new("RGB", (LABEL_WIDTH + len(columns) * cell_w, HEADER_HEIGHT + len(rows) * cell_h), "white")
     draw = ImageDraw.Draw(grid)
     for j, text in enumerate(columns):
         for k, line in enumerate(_wrap(draw, text, font, cell_w - 2 * PAD)):
-            draw.text((LABEL_WIDTH + j * cell_w + PAD, PAD + k * line_height), line, fill="black", font=font)
+            draw.text((LABEL_WIDTH + j * cell_w + PAD, PAD + k * LINE_HEIGHT), line, fill="black", font=font)
     for i, (label, images) in enumerate(rows):
-        top = header + i * cell_h
+        top = HEADER_HEIGHT + i * cell_h
         draw.text((PAD, top + cell_h // 2), label, fill="black", font=font, anchor="lm")
         for j, image in enumerate(images):
             image = image.convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
