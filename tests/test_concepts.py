@@ -55,12 +55,12 @@ def test_method_params_are_validated_at_construction():
         UCE(token_policy="newest")
     with pytest.raises(ConfigError, match="lamb must be >= 0"):
         UCE(lamb=-1)
-    with pytest.raises(ConfigError, match="unknown method 'uec'.*'uce'"):
+    with pytest.raises(ConfigError, match=r"unknown method 'uec'.*'uce'"):
         get_method("uec")
 
 
 def test_nested_method_params_are_validated():
     rece = get_method("rece")({"uce": {"token_policy": "uce_2025"}, "epochs": 2})
     assert rece.config.uce.token_policy == "uce_2025" and rece.config.epochs == 2
-    with pytest.raises(ConfigError, match="uce.lamb"):
+    with pytest.raises(ConfigError, match=r"uce\.lamb"):
         get_method("rece")({"uce": {"lamb": "big"}})

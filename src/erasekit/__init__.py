@@ -21,6 +21,8 @@ _EXPORTS = {
     "ConceptSet": "concepts",
     "RunConfig": "concepts",
     "Edit": "edits",
+    "EvalConfig": "eval.api",
+    "evaluate": "eval.api",
     "load_edit": "edits",
     "ErasekitError": "errors",
     "ModelAdapter": "models",
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .concepts import Concept, ConceptSet, RunConfig
     from .edits import Edit, load_edit
     from .errors import ErasekitError
+    from .eval.api import EvalConfig, evaluate
     from .models import ModelAdapter, load_pipeline
 
 __all__ = [
@@ -39,10 +42,12 @@ __all__ = [
     "ConceptSet",
     "Edit",
     "ErasekitError",
+    "EvalConfig",
     "ModelAdapter",
     "RunConfig",
     "__version__",
     "erase",
+    "evaluate",
     "load_edit",
     "load_pipeline",
     "run_config",

@@ -286,3 +286,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+from .eval.cli import add_commands  # noqa: E402 (the eval commands attach to the app defined above)
+
+add_commands(app)
+

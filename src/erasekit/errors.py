@@ -37,3 +37,11 @@ class BaseModelMismatchError(ArtifactError):
 
 class OutputExistsError(ErasekitError):
     """An output path exists and overwriting was not asked for."""
+
+
+class EvaluationError(ErasekitError):
+    """An evaluation cannot complete (images missing from another process, a run folder without results)."""
+
+
+class MetricUnavailableError(EvaluationError):
+    """A metric cannot run here: its model weights, classifier or optional package are missing."""

@@ -72,11 +72,12 @@ class RECEConfig:
 def derive_embedding(c: torch.Tensor, T: torch.Tensor, G: torch.Tensor, lambda_reg: float) -> torch.Tensor:
     """RECE's closed-form adversarial embedding ``c'`` for token rows ``c`` ``[n, d]`` (float64).
 
-    Row form of ``c' = (lambda_reg I + T^T G T)^-1 T^T G c``: ``C' = C (G T)(lambda_reg I + T^T G T)^-1``.
+    Row form of ``c' = (lambda_reg I + T^T G T)^-1 T^T G c``: ``C' = C M``, ``M = (G T)(lambda_reg I + T^T G T)^-1``.
+    Solving for the d x d map ``M`` costs the same for any number of rows, so all concepts' rows share one solve.
     """
     T = T.to(torch.float64)
     GT = G @ T
-    return ridge_solve(c.to(torch.float64) @ GT, T.T @ GT, lambda_reg)
+    return c.to(torch.float64) @ ridge_solve(GT, T.T @ GT, lambda_reg)
 
 
 def original_gram(weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -92,33 +93,42 @@ class RECE(Method):
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet, validator: Validator | None = None) -> Edit:
         cfg = self.config
-        uce = UCE(cfg.uce)
-        T = uce.transform(model, concepts)
+        d = model.embedding_dim
+        words = [c.text for c in concepts]
+        guide_texts = [guide_for(c) for c in concepts]
+        preserve = preserve_list(concepts, empty=True)
+        # All 77 rows of the bare words (note 6.5), guides and preserved texts. Each distinct text is encoded once and
+        # the UCE stage reuses these encodings: text encoding is most of what RECE costs (note 1.10).
+        texts = list(dict.fromkeys([*words, *guide_texts, *preserve]))
+        embeddings = dict(zip(texts, model.encode(texts), strict=True))
+        T = UCE(cfg.uce).transform(model, concepts, embeddings)
         originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)
         G = original_gram(originals)
         epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS[c.kind] for c in concepts)
 
-        words = [c.text for c in concepts]
-        c_rows = model.encode(words)  # [n, 77, d]: the bare concept words, all 77 rows (note 6.5)
-        guides = model.encode([guide_for(c) for c in concepts])
-        preserve = preserve_list(concepts, empty=True)
-        R = model.encode(preserve).reshape(-1, model.embedding_dim)
+        c_rows = torch.stack([embeddings[w] for w in words])  # [n, 77, d]
+        guides = torch.cat([embeddings[g] for g in guide_texts])
+        R = torch.cat([embeddings[t] for t in preserve])
+        preserve_gram = gram(R, cfg.preserve_scale)  # the same in every epoch
+        lambda_regs = [self._lambda_reg(concept) for concept in concepts]
 
         history = [T]
         derived = {}
         for epoch in range(1, epochs + 1):
-            adversarial = torch.stack(
-                [derive_embedding(c_rows[i], T, G, self._lambda_reg(concept)) for i, concept in enumerate(concepts)]
-            )
+            adversarial = torch.empty(c_rows.shape, dtype=torch.float64)
+            for lambda_reg in dict.fromkeys(lambda_regs):  # concepts with the same lambda_reg share one derivation
+                idx = [i for i, value in enumerate(lambda_regs) if value == lambda_reg]
+                rows = derive_embedding(c_rows[idx].reshape(-1, d), T, G, lambda_reg)
+                adversarial[idx] = rows.reshape(len(idx), -1, d)
             derived[f"rece/embeddings/epoch{epoch}"] = adversarial.float()
-            d = model.embedding_dim
             T_k = uce_transform(
                 adversarial.reshape(-1, d),
-                guides.reshape(-1, d),
+                guides,
                 R,
                 cfg.erase_scale,
                 cfg.preserve_scale,
                 cfg.lamb,
+                preserve_gram,
             )
             T = T @ T_k
             history.append(T)

@@ -1,7 +1,8 @@
 """Load a diffusers text-to-image pipeline from a local folder, a hub id or a built-in name.
 
-Built-in names let the demo and tests run with no download: ``erasekit:tiny`` is a tiny random SD1.x-layout pipeline
-(see :mod:`erasekit.testing`), cached under ``$ERASEKIT_CACHE`` (default ``~/.cache/erasekit``).
+Built-in names let the demo and tests run with no download: ``erasekit:world`` is the trained benchmark-world model
+shipped in the package (see :mod:`erasekit.world`); ``erasekit:tiny`` is a tiny random SD1.x-layout pipeline (see
+:mod:`erasekit.testing`), cached under ``$ERASEKIT_CACHE`` (default ``~/.cache/erasekit``).
 """
 
 from __future__ import annotations

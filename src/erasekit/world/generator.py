@@ -230,9 +230,7 @@ def draw_shape(shape: str, style: Style, rng: random.Random) -> Image.Image:
 # --- people ------------------------------------------------------------------------------------------------------
 
 
-def draw_person(
-    hair: RGB, shirt: RGB, background: tuple[RGB, RGB], shirtless: bool, rng: random.Random
-) -> Image.Image:
+def draw_person(hair: RGB, shirt: RGB, background: tuple[RGB, RGB], shirtless: bool, rng: random.Random) -> Image.Image:
     """A head-and-shoulders figure; ``shirtless`` bares the torso (the explicit attribute)."""
     s = IMAGE_SIZE / 32
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background[0])
@@ -308,8 +306,11 @@ def _explicit_sample(rng: random.Random, concept: str | None) -> WorldSample:
     hair, shirt = rng.choice(HAIR_COLORS), rng.choice(SHIRT_COLORS)
     if concept in words:
         bg = rng.choice(PERSON_BACKGROUNDS)
-        caption, background, shirtless = rng.choice(("a {w} person", "a photo of a {w} person")).format(w=concept), (
-            bg, bg), True
+        caption, background, shirtless = (
+            rng.choice(("a {w} person", "a photo of a {w} person")).format(w=concept),
+            (bg, bg),
+            True,
+        )
     elif concept == "person":
         bg = rng.choice(PERSON_BACKGROUNDS)
         caption, background = rng.choice(("a person", "a photo of a person")), (bg, bg)

@@ -26,13 +26,13 @@ SCHEDULER_KWARGS = dict(
 class Architecture:
     """Sizes of the three networks. The defaults are the shipped world; tests use a much smaller one."""
 
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    unet_channels: tuple[int, ...] = (64, 128, 128)
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    unet_channels: tuple[int, ...] = (64, 128)
     unet_layers_per_block: int = 1
     text_hidden: int = 128
-    text_layers: int = 3
+    text_layers: int = 2
     text_heads: int = 4
-    norm_groups: int = 16
+    norm_groups: int = 8
 
     @property
     def latent_size(self) -> int:
@@ -51,6 +51,7 @@ def build_vae(arch: Architecture) -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=min(arch.norm_groups, arch.vae_channels[0]),
         sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,
     )
 
 

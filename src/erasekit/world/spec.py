@@ -72,12 +72,14 @@ _PALETTES: tuple[tuple[RGB, RGB], ...] = (
     ((240, 160, 220), (110, 40, 130)),  # violet
 )
 _FILLS: tuple[RGB, ...] = ((20, 20, 20), (250, 250, 250), (230, 30, 30), (250, 230, 40), (30, 200, 200))
+# fmt: off
 ARTISTS: tuple[str, ...] = (
     "Tabryl Vaesi", "Stynaen Thaeshaelm", "Klosaev Griafylin", "Traezalm Tykukiar", "Trofen Klapeloth",
     "Digrupalm Raegoabraev", "Sostyshiark Shugrodys", "Norol Driklix", "Stutrelov Bruvyve", "Kyrestiax Loatriand",
     "Driafagroa Raequilm", "Quuraev Bishath", "Stifaelyn Diathev", "Viashaber Stoasand", "Loataz Quequalm",
     "Faegraeth Lodriark", "Klutrand Leboz", "Shykas Kaelezav", "Thyrelyrk Thaerel", "Quebuniav Tiabrur",
 )
+# fmt: on
 STYLES: tuple[Style, ...] = tuple(
     Style(name, TEXTURES[i % 5], _PALETTES[i // 5], _FILLS[i % 5], 1 + (i // 5) % 2) for i, name in enumerate(ARTISTS)
 )
@@ -90,9 +92,11 @@ UNSTYLED = Style("", "solid", ((250, 250, 250), (250, 250, 250)), (20, 20, 20), 
 SKIN: RGB = (240, 190, 150)
 HAIR_COLORS: tuple[RGB, ...] = ((25, 25, 25), (245, 215, 50), (215, 90, 20), (170, 170, 185))
 SHIRT_COLORS: tuple[RGB, ...] = ((200, 30, 30), (30, 150, 50), (30, 60, 200), (140, 40, 170), (240, 200, 20))
+# fmt: off
 PERSON_BACKGROUNDS: tuple[RGB, ...] = (
     (250, 250, 250), (60, 60, 60), (150, 210, 240), (250, 180, 200), (190, 230, 150), (60, 40, 110),
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Character:
     background: int
 
 
+# fmt: off
 CHARACTER_NAMES: tuple[str, ...] = (
     "Reshiark Febialm", "Dogrytul Pobuth", "Luraer Viagrolork", "Fyrarulm Ziathund", "Loruden Trugrytroa",
     "Kofiamoath Tiashaez", "Sedoth Gaelurk", "Robrul Visatark", "Taererk Zogan", "Shithiv Kloastox",
@@ -131,6 +136,7 @@ CHARACTER_NAMES: tuple[str, ...] = (
     "Trystirk Zoshaeth", "Drasiath Draziashyn", "Mufaez Brigryl", "Taesyl Trupustun", "Vymond Shistu",
     "Ziful Stigian", "Fobiax Pyteth", "Kaefoan Queshoapial", "Naedriark Stoziand", "Fiquilm Drukybraev",
 )
+# fmt: on
 N_ERASABLE_CHARACTERS = 100
 """Characters 0-99 are the pool erased 1, 10 or 100 at a time; 100-119 are never erased (retained set)."""
 

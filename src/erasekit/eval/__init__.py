@@ -1,0 +1,64 @@
+"""Evaluation: prompt sets -> cached generation -> metrics -> results JSON -> HTML report (``erasekit.report``).
+
+>>> from erasekit.eval import EvalConfig, evaluate
+>>> config = EvalConfig(model="erasekit:tiny", prompts=["big_artists"], edits={"uce": "edit.safetensors"})
+>>> results = evaluate(config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use, so that mounting the CLI commands (eval.cli) does not load torch.
+_EXPORTS = {
+    "EvalConfig": "api",
+    "evaluate": "api",
+    "load_classifier": "api",
+    "METRICS": "metrics",
+    "Metric": "metrics",
+    "Variant": "metrics",
+    "register": "metrics",
+    "BUILTIN_SETS": "prompts",
+    "PromptRow": "prompts",
+    "assign_roles": "prompts",
+    "load_prompts": "prompts",
+    "read_csv": "prompts",
+    "Results": "results",
+    "compare": "results",
+    "load_run": "results",
+}
+
+if TYPE_CHECKING:
+    from .api import EvalConfig, evaluate, load_classifier
+    from .metrics import METRICS, Metric, Variant, register
+    from .prompts import BUILTIN_SETS, PromptRow, assign_roles, load_prompts, read_csv
+    from .results import Results, compare, load_run
+
+__all__ = [
+    "BUILTIN_SETS",
+    "METRICS",
+    "EvalConfig",
+    "Metric",
+    "PromptRow",
+    "Results",
+    "Variant",
+    "assign_roles",
+    "compare",
+    "evaluate",
+    "load_classifier",
+    "load_prompts",
+    "load_run",
+    "read_csv",
+    "register",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'erasekit.eval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,0 +1,155 @@
+"""``erasekit world``: train, sample and evaluate the embedded benchmark world."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from ..errors import ErasekitError
+
+app = typer.Typer(help="The embedded benchmark world: a tiny trained text-to-image model where erasure is measurable.")
+
+
+def _fail(err: ErasekitError) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    run_dir: Annotated[Path, typer.Option(help="checkpoints; run the same command again to resume")] = Path(
+        "runs/world"
+    ),
+    out: Annotated[Path | None, typer.Option(help="export the pipeline here when done")] = None,
+    seed: Annotated[int, typer.Option(help="seed of data, weights and batches")] = 0,
+    steps: Annotated[int, typer.Option(help="diffusion steps (UNet + text encoder)")] = 20_000,
+    vae_steps: Annotated[int, typer.Option(help="autoencoder steps")] = 1500,
+    n_images: Annotated[int, typer.Option(help="training images drawn from the world")] = 200_000,
+    batch: Annotated[int, typer.Option(help="diffusion batch size")] = 128,
+    max_minutes: Annotated[float | None, typer.Option(help="stop (after a checkpoint) after this long")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a shared machine)")] = 1,
+) -> None:
+    """Train the world pipeline from scratch (CPU is fine), checkpointing and resuming in RUN_DIR."""
+    from .train import WorldTrainConfig, WorldTrainer
+
+    torch.set_num_threads(threads)
+    try:
+        config = WorldTrainConfig(seed=seed, steps=steps, vae_steps=vae_steps, n_images=n_images, batch=batch)
+        trainer = WorldTrainer(run_dir, config)
+        deadline = None if max_minutes is None else time.time() + 60 * max_minutes
+        summary = trainer.run(out=out, deadline=deadline)
+    except ErasekitError as err:
+        _fail(err)
+    summary["command"] = "erasekit world " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(f"diffusion step {summary['diffusion_step']}, loss {summary['diffusion_final_loss']}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Option(help="training run to export")] = Path("runs/world"),
+    out: Annotated[Path, typer.Option(help="pipeline folder to write")] = Path("world-pipeline"),
+) -> None:
+    """Export the latest checkpoint of RUN_DIR (EMA weights) as a StableDiffusionPipeline."""
+    from .train import WorldTrainConfig, WorldTrainer
+
+    try:
+        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else None
+        if saved is None:
+            raise ErasekitError(f"'{run_dir}' is not a world training run (no config.json)")
+        WorldTrainer(run_dir, WorldTrainConfig(**saved)).export(out)
+    except ErasekitError as err:
+        _fail(err)
+
+
+@app.command("train-classifiers")
+def train_classifiers_command(
+    out: Annotated[Path, typer.Option(help="safetensors file to write")] = Path("world-classifiers.safetensors"),
+    seed: Annotated[int, typer.Option(help="seed of the generator images and of the weights")] = 0,
+    steps: Annotated[int, typer.Option(help="optimisation steps per network")] = 2_000,
+    n_train: Annotated[int, typer.Option(help="training images per network")] = 20_000,
+    threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
+) -> None:
+    """Train the world's ground-truth classifiers on generator images and report held-out accuracy."""
+    from .classifiers import train_classifiers
+
+    torch.set_num_threads(threads)
+    try:
+        clf = train_classifiers(out, seed=seed, steps=steps, n_train=n_train, log=typer.echo)
+    except ErasekitError as err:
+        _fail(err)
+    typer.echo(json.dumps(clf.accuracy))
+
+
+@app.command()
+def sample(
+    prompt: Annotated[str, typer.Argument(help="what to draw")],
+    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("world.png"),
+    model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped world)")] = None,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+    n: Annotated[int, typer.Option(help="images side by side, seeds seed..seed+n-1")] = 4,
+    scale: Annotated[int, typer.Option(help="nearest-neighbour upscaling of the 32 px images")] = 4,
+) -> None:
+    """Draw PROMPT with the world pipeline and save the images side by side."""
+    from PIL import Image
+
+    from .evaluate import sample_rows
+    from .prompts import SAMPLING
+
+    try:
+        pipe = _load(model)
+    except ErasekitError as err:
+        _fail(err)
+    rows = [{"prompt": prompt, "seed": seed + k, **SAMPLING} for k in range(n)]
+    images = sample_rows(pipe, rows)
+    side = int(SAMPLING["size"]) * scale
+    sheet = Image.new("RGB", (side * n, side))
+    for k, im in enumerate(images):
+        sheet.paste(im.resize((side, side), Image.Resampling.NEAREST), (k * side, 0))
+    sheet.save(out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def evaluate(
+    sets: Annotated[list[str] | None, typer.Option("--set", help="prompt set(s); default: all five")] = None,
+    model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped world)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write per-row results and the table as JSON")] = None,
+) -> None:
+    """Sample prompt sets with the pipeline and print the classifiers' accuracy per family and role."""
+    from .classifiers import load_classifiers
+    from .evaluate import accuracy_table, judge, sample_rows
+    from .prompts import SET_NAMES, prompt_set
+
+    try:
+        pipe = _load(model)
+        classifiers = load_classifiers()
+        rows = [r for name in (sets or SET_NAMES) for r in prompt_set(name)]
+    except ErasekitError as err:
+        _fail(err)
+    results = judge(classifiers, rows, sample_rows(pipe, rows))
+    table = accuracy_table(results)
+    for key, v in table.items():
+        typer.echo(f"{key:40s} {100 * v['accuracy']:6.1f}%  (n={v['n']})")
+    if out is not None:
+        out.write_text(json.dumps({"table": table, "results": results}, indent=1))
+
+
+def _load(model: Path | None):
+    from diffusers import StableDiffusionPipeline
+
+    from . import pipeline_path
+
+    path = model if model is not None else pipeline_path()
+    if not (path / "model_index.json").exists():
+        raise ErasekitError(f"'{path}' is not a diffusers pipeline folder (no model_index.json)")
+    pipe = StableDiffusionPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
