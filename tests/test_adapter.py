@@ -77,6 +77,14 @@ def test_phrase_positions_cover_every_token_of_a_multi_token_phrase(tiny_model):
         tiny_model.phrase_positions("a photo of a cat", "dog")
 
 
+def test_token_positions_locate_phrase_eos_and_padding(tiny_model):
+    positions = tiny_model.token_positions("a painting by kelly mckernan", "kelly mckernan")
+    assert positions.phrase == [4, 5, 6] and positions.eos == 7
+    assert positions.padding == list(range(8, 77))
+    ids = tiny_model.tokenize(["a painting by kelly mckernan"])[0]
+    assert ids[positions.eos] == tiny_model.tokenizer.eos_token_id
+
+
 def test_last_word_index_is_bos_for_an_empty_prompt(tiny_model):
     assert tiny_model.last_word_index("") == tiny_model.last_word_index(" ") == 0
     assert tiny_model.last_word_index("a photo of a dog") == 5

@@ -50,6 +50,15 @@ class CrossAttentionLayer:
         return f"{self.name}.to_v.weight"
 
 
+@dataclass(frozen=True)
+class TokenPositions:
+    """Positions in the padded token sequence: the phrase's tokens, the EOS token, and the padding after it."""
+
+    phrase: list[int]
+    eos: int
+    padding: list[int]
+
+
 class ModelAdapter:
     """A read-mostly view of a diffusers SD pipeline for erasure methods.
 
@@ -169,6 +178,19 @@ class ModelAdapter:
             if whole[start : start + len(part)] == part:
                 return list(range(1 + start, 1 + start + len(part)))
         raise TokenizationError(f"'{phrase}' does not occur (as tokens) in the prompt '{prompt}'")
+
+    def token_positions(self, prompt: str, phrase: str | None = None) -> TokenPositions:
+        """Where a phrase, the EOS token and the padding sit in ``prompt``'s 77-token sequence.
+
+        Methods that act on "the concept's tokens and everything after them" (UCE's legacy policy, MACE's remapping)
+        need all three; padding rows matter because SD runs the text encoder without an attention mask.
+        """
+        eos = self.last_word_index(prompt) + 1
+        return TokenPositions(
+            phrase=self.phrase_positions(prompt, phrase) if phrase is not None else [],
+            eos=eos,
+            padding=list(range(eos + 1, self.max_length)),
+        )
 
     # --------------------------------------------------------------- encoding
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
