@@ -36,8 +36,12 @@ def resolve_model(spec: str | Path) -> Path | str:
 
             seed = int(name.split("-", 1)[1]) if "-" in name else 0
             return tiny_pipeline(cache_dir() / f"tiny-{seed}", seed=seed)
+        if name == "world":
+            from ..world import pipeline_path
+
+            return pipeline_path()
         raise ModelLayoutError(
-            f"unknown built-in model '{spec}'; built-in models are: erasekit:tiny, erasekit:tiny-<seed>"
+            f"unknown built-in model '{spec}'; built-in models are: erasekit:world, erasekit:tiny, erasekit:tiny-<seed>"
         )
     path = Path(spec).expanduser()
     if path.exists():
