@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from .errors import ConfigError
-from .validation import check_value, from_dict
+from .validation import check_value, from_dict, from_yaml
 
 Kind = Literal["object", "celebrity", "style", "explicit"]
 KINDS: tuple[str, ...] = ("object", "celebrity", "style", "explicit")
@@ -144,19 +142,4 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
         """Read and validate a run config; every problem is a one-line :class:`ConfigError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of fields at the top level (model, method, concepts, ...)")
-        try:
-            return from_dict(cls, data, where=path.name)
-        except ConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        return from_yaml(cls, path)

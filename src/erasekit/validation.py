@@ -11,7 +11,10 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
 
 from .errors import ConfigError
 
@@ -104,3 +107,21 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (the inverse of :func:`from_dict`)."""
     return dataclasses.asdict(obj)
+
+
+def from_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into dataclass ``cls``; a missing file, bad syntax (with its line) or a bad field is one
+    :class:`ConfigError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    return from_dict(cls, data, where=path.name)

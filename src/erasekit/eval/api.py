@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from PIL import Image
 
 from ..errors import ConfigError
-from ..validation import from_dict, to_dict
+from ..validation import from_dict, from_yaml, to_dict
 from .generation import (
     SEEDING,
     ImageCache,
@@ -90,14 +89,7 @@ class EvalConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EvalConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"eval config '{path}' not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
-        return from_dict(cls, data, where=path.name)
+        return from_yaml(cls, path)
 
     def build_metrics(self) -> list[Metric]:
         return [METRICS[name](self.metric_options.get(name)) for name in self.metrics]

@@ -32,7 +32,7 @@ def train(
     steps: Annotated[int, typer.Option(help="diffusion steps (UNet + text encoder)")] = 20_000,
     vae_steps: Annotated[int, typer.Option(help="autoencoder steps")] = 1500,
     n_images: Annotated[int, typer.Option(help="training images drawn from the world")] = 200_000,
-    batch: Annotated[int, typer.Option(help="diffusion batch size")] = 128,
+    batch: Annotated[int, typer.Option(help="diffusion batch size")] = 64,
     max_minutes: Annotated[float | None, typer.Option(help="stop (after a checkpoint) after this long")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a shared machine)")] = 1,
 ) -> None:

@@ -14,7 +14,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from .classifiers import WorldClassifiers
+from .spec import OBJECTS
 
+_OBJECT_NAMES = frozenset(o.name for o in OBJECTS)
 _HEAD_OF_FAMILY = {"object": "object", "style": "style", "character": "character", "explicit": "explicit"}
 
 
@@ -64,7 +66,12 @@ def judge(classifiers: WorldClassifiers, rows: Sequence[dict], images: Sequence[
 
 
 def accuracy_table(results: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Accuracy (fraction of rows whose prediction equals their label) per (family, role, label)."""
+    """Accuracy (fraction of rows whose prediction equals their label) per family/role/label.
+
+    The label part is ``*`` except for the explicit family (yes and no rows are different claims). Scenes also get
+    per-side accuracy (``scene/left/*``, ``scene/right/*``) and both-sides accuracy per kind of pair
+    (``scene/two-objects/*``, ``scene/character-object/*``).
+    """
     groups: dict[str, list[bool]] = defaultdict(list)
     for r in results:
         groups[f"{r['family']}/{r['role']}/{r['label'] if r['family'] == 'explicit' else '*'}"].append(r["correct"])
@@ -73,4 +80,6 @@ def accuracy_table(results: Sequence[dict]) -> dict[str, dict[str, float]]:
             want_l, want_r = (p.split("=", 1)[1] for p in r["label"].split(";"))
             groups["scene/left/*"].append(left == want_l)
             groups["scene/right/*"].append(right == want_r)
+            kind = "two-objects" if want_l in _OBJECT_NAMES and want_r in _OBJECT_NAMES else "character-object"
+            groups[f"scene/{kind}/*"].append(r["correct"])
     return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
