@@ -113,3 +113,12 @@ def test_export_writes_a_loadable_pipeline_and_leaves_the_source_unchanged(tiny_
     dog_edit.apply(pipe)
     assert np.array_equal(sample_image(exported), sample_image(pipe))
     assert json.loads((out / "erasekit_edit.json").read_text())["method"] == "uce"
+
+
+def test_saved_artifacts_get_the_usual_file_permissions(dog_edit, tmp_path):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    path = dog_edit.save(tmp_path / "dog.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

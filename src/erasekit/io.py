@@ -20,6 +20,12 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file path beside ``path``; on success rename it over ``path`` (same filesystem, atomic)."""
@@ -29,6 +35,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (or the writer) made it owner-only: give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
