@@ -32,18 +32,17 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
-from transformers import CLIPTextConfig, CLIPTextModel
 
 import erasekit
 from erasekit.concepts import Concept, ConceptSet
 from erasekit.eval.prompts import shipped_names
 from erasekit.methods import RECE, UCE
 from erasekit.models import ModelAdapter
+from erasekit.models.build import assemble_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
-from erasekit.models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
 
 RECE_EPOCHS = 3
 
@@ -52,20 +51,7 @@ def build_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """SD1.x UNet and CLIP ViT-L text encoder at full size with random weights; a tiny VAE to save memory."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=MODEL_MAX_LENGTH,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = clip_text_encoder(768, num_layers=12, num_heads=12, intermediate_size=3072)
     vae = AutoencoderKL(
         block_out_channels=(16, 32),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -73,16 +59,7 @@ def build_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         latent_channels=4,
         norm_num_groups=8,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae, unet, text_encoder)
     pipe.unet.eval()
     pipe.text_encoder.eval()
     return pipe

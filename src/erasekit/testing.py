@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
 from .io import atomic_dir
-from .models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
+from .models.build import assemble_pipeline, clip_text_encoder
 
 TINY_HIDDEN = 32
 
@@ -46,42 +45,10 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             norm_num_groups=8,
             sample_size=16,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=TINY_HIDDEN,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=MODEL_MAX_LENGTH,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-                hidden_act="quick_gelu",
-            )
-        )
+        text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=2, num_heads=4, intermediate_size=64)
     finally:
         torch.random.set_rng_state(gen_state)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(vae, unet, text_encoder)
 
 
 def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:

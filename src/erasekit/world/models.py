@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
 
-from ..models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
+from ..models.build import SD1_SCHEDULE, clip_text_encoder
 from .spec import IMAGE_SIZE
-
-SCHEDULER_KWARGS = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    steps_offset=1,
-)  # fmt: skip
-"""Stable Diffusion 1.x's noise schedule, used for training (DDPM) and sampling (DDIM)."""
 
 
 @dataclass(frozen=True)
@@ -72,39 +66,10 @@ def build_unet(arch: Architecture) -> UNet2DConditionModel:
 
 
 def build_text_encoder(arch: Architecture) -> CLIPTextModel:
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=arch.text_hidden,
-            intermediate_size=4 * arch.text_hidden,
-            num_hidden_layers=arch.text_layers,
-            num_attention_heads=arch.text_heads,
-            max_position_embeddings=MODEL_MAX_LENGTH,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_act="quick_gelu",
-        )
+    return clip_text_encoder(
+        arch.text_hidden, arch.text_layers, arch.text_heads, intermediate_size=4 * arch.text_hidden
     )
 
 
 def train_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**SCHEDULER_KWARGS)
-
-
-def assemble_pipeline(
-    vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel
-) -> StableDiffusionPipeline:
-    """The three trained networks as a standard StableDiffusionPipeline (no safety checker: nothing to check)."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler(**SCHEDULER_KWARGS, set_alpha_to_one=False),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return DDPMScheduler(**SD1_SCHEDULE)

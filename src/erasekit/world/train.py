@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_file
+from ..models.build import assemble_pipeline
 from ..models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
 from .generator import generate_mixed
-from .models import Architecture, assemble_pipeline, build_text_encoder, build_unet, build_vae, train_scheduler
+from .models import Architecture, build_text_encoder, build_unet, build_vae, train_scheduler
 
 
 @dataclass
