@@ -1,18 +1,27 @@
 """Edits: the fitted result of a method, applied to and removed from a pipeline, saved as one artifact.
 
-An :class:`Edit` replaces a set of UNet tensors (for UCE, RECE and other closed forms: the cross-attention K/V
-weights). It applies in place, keeps the originals so that :meth:`Edit.remove` restores them bit for bit, and refuses
-a pipeline whose tensors are not the ones it was fitted on (sha256 fingerprint).
+An :class:`Edit` does one or both of two things to a pipeline:
+
+* replaces a set of UNet tensors (UCE, RECE, MACE, ESD: new cross-attention K/V or other weights);
+* adds modules (GLoCE's gated low-rank modules, DuMo's residual network): a method registers an *attach* function
+  under a module kind with :func:`register_modules`; it installs the modules into a pipeline and returns the function
+  that takes them out again. Methods own their modules' code, the Edit owns their tensors and lifecycle.
+
+It applies in place, keeps what it changed so that :meth:`Edit.remove` restores the pipeline bit for bit, and refuses
+a pipeline whose tensors are not the ones it was fitted on (sha256 fingerprint of the replaced tensors and of the
+tensors the modules were fitted against, ``base_names``).
 
 Artifact format (``*.safetensors``): the replacement tensors under their UNet state-dict names, so the file also
-loads with ``pipe.unet.load_state_dict(file, strict=False)``; extra tensors (e.g. RECE's derived embeddings) under
-``extras/<name>``; and the metadata as JSON in the safetensors header (key ``erasekit``), mirrored in a ``.json``
-file beside it for people to read.
+loads with ``pipe.unet.load_state_dict(file, strict=False)``; module tensors under ``modules/<name>``; extra tensors
+(e.g. RECE's derived embeddings) under ``extras/<name>``; and the metadata as JSON in the safetensors header (key
+``erasekit``), mirrored in a ``.json`` file beside it for people to read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +37,47 @@ from .models.adapter import ModelAdapter, tensors_fingerprint
 
 FORMAT = "erasekit.edit/1"
 EXTRAS_PREFIX = "extras/"
+MODULES_PREFIX = "modules/"
+
+Detach = Callable[[], None]
+Attach = Callable[[Any, dict[str, torch.Tensor], dict[str, Any]], Detach]
+_ATTACH: dict[str, Attach] = {}
+
+
+def register_modules(kind: str) -> Callable[[Attach], Attach]:
+    """Register ``attach(pipe, tensors, spec) -> detach`` for edits whose modules are of ``kind``.
+
+    ``attach`` installs the modules built from ``tensors`` (on the CPU, as saved) and ``spec`` (JSON-able) into
+    ``pipe`` without copying it and returns a function that removes them exactly.
+    """
+
+    def decorator(attach: Attach) -> Attach:
+        _ATTACH[kind] = attach
+        return attach
+
+    return decorator
+
+
+def _attach_function(kind: str) -> Attach:
+    if kind not in _ATTACH:
+        from . import methods  # noqa: F401  (methods register their module kinds when imported)
+    if kind not in _ATTACH:
+        raise ArtifactError(
+            f"this edit adds modules of kind '{kind}', which this erasekit ({__version__}) does not know: "
+            "was it made by a newer version?"
+        )
+    return _ATTACH[kind]
 
 
 @dataclass
 class Edit:
-    """Replacement UNet tensors plus everything needed to reproduce and audit them.
+    """Replacement UNet tensors and/or added modules, plus everything needed to reproduce and audit them.
 
-    ``weights`` maps UNet state-dict names to new tensors; ``base_fingerprint`` is the sha256 of the tensors they
-    replace (see :func:`tensors_fingerprint`); ``config`` is the method's full hyper-parameter dict; ``concepts`` the
-    erased and preserved texts; ``info`` free-form results of fitting (e.g. RECE's selected epoch).
+    ``weights`` maps UNet state-dict names to new tensors; ``modules`` holds the tensors of added modules of kind
+    ``module_kind`` (built by the attach function registered for it, with ``module_spec``); ``base_fingerprint`` is
+    the sha256 of the base tensors named by ``weights`` and ``base_names`` (see :func:`tensors_fingerprint`);
+    ``config`` is the method's full hyper-parameter dict; ``concepts`` the erased and preserved texts; ``info``
+    free-form results of fitting (e.g. RECE's selected epoch).
     """
 
     method: str
@@ -47,7 +88,13 @@ class Edit:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
-    _originals: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
+    modules: dict[str, torch.Tensor] = field(default_factory=dict)
+    module_kind: str | None = None
+    module_spec: dict[str, Any] = field(default_factory=dict)
+    base_names: list[str] = field(default_factory=list)
+    _applied: dict[int, tuple[dict[str, torch.Tensor], Detach | None]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def from_weights(
@@ -65,10 +112,46 @@ class Edit:
         weights = {n: w.detach().to(originals[n].dtype).cpu().contiguous() for n, w in weights.items()}
         return cls(method, config, concepts, weights, fingerprint, **kwargs)
 
+    @classmethod
+    def from_modules(
+        cls,
+        method: str,
+        config: dict[str, Any],
+        concepts: dict[str, Any],
+        model: ModelAdapter,
+        kind: str,
+        tensors: dict[str, torch.Tensor],
+        spec: dict[str, Any],
+        base_names: list[str],
+        weights: dict[str, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> Edit:
+        """Package added modules of ``kind`` (and optional replacement ``weights``) for ``model``.
+
+        ``base_names`` are the UNet tensors the modules were fitted against (e.g. the layers they wrap): they are
+        fingerprinted so the modules are never applied to another model.
+        """
+        weights = weights or {}
+        originals = model.unet_parameters(sorted(set(weights) | set(base_names)))
+        tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
+        weights = {n: w.detach().to(originals[n].dtype).cpu().contiguous() for n, w in weights.items()}
+        return cls(
+            method,
+            config,
+            concepts,
+            weights,
+            tensors_fingerprint(originals),
+            modules=tensors,
+            module_kind=kind,
+            module_spec=spec,
+            base_names=sorted(base_names),
+            **kwargs,
+        )
+
     # --------------------------------------------------------------- applying
     def metadata(self) -> dict[str, Any]:
         """Everything but the tensors, as saved in the artifact."""
-        return {
+        meta = {
             "format": FORMAT,
             "method": self.method,
             "config": self.config,
@@ -76,14 +159,32 @@ class Edit:
             "base_fingerprint": self.base_fingerprint,
             "erasekit_version": self.version,
             "info": self.info,
-            "tensors": {
-                n: {"shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", "")}
-                for n, w in self.weights.items()
-            },
+            "tensors": _describe(self.weights),
         }
+        if self.module_kind is not None:
+            meta["modules"] = {
+                "kind": self.module_kind,
+                "spec": self.module_spec,
+                "base_names": self.base_names,
+                "tensors": _describe(self.modules),
+            }
+        return meta
+
+    def fingerprint(self) -> str:
+        """sha256 of everything the edit writes into or adds to a pipeline (keys the evaluation's image cache)."""
+        tensors = {
+            **self.weights,
+            **{MODULES_PREFIX + k: v for k, v in self.modules.items()},
+            **{EXTRAS_PREFIX + k: v for k, v in self.extras.items()},
+        }
+        digest = tensors_fingerprint(tensors)
+        if self.module_kind is None:
+            return digest
+        spec = json.dumps({"kind": self.module_kind, "spec": self.module_spec}, sort_keys=True)
+        return hashlib.sha256(f"{digest}|{spec}".encode()).hexdigest()
 
     def is_applied(self, pipe) -> bool:
-        return id(pipe.unet) in self._originals
+        return id(pipe.unet) in self._applied
 
     def apply(self, pipe, check: bool = True) -> Any:
         """Write the edit into ``pipe``'s UNet in place and return ``pipe``.
@@ -92,8 +193,10 @@ class Edit:
         """
         if self.is_applied(pipe):
             raise ArtifactError("this edit is already applied to this pipeline")
-        params = ModelAdapter(pipe).unet_parameters(list(self.weights))
-        for name, param in params.items():
+        attach = _attach_function(self.module_kind) if self.module_kind is not None else None
+        params = ModelAdapter(pipe).unet_parameters(sorted(set(self.weights) | set(self.base_names)))
+        for name in self.weights:
+            param = params[name]
             if tuple(param.shape) != tuple(self.weights[name].shape):
                 raise BaseModelMismatchError(
                     f"edit tensor '{name}' has shape {tuple(self.weights[name].shape)} but the model's is "
@@ -102,9 +205,10 @@ class Edit:
         if check:
             current = tensors_fingerprint(params)
             if current != self.base_fingerprint:
-                if current == tensors_fingerprint(self.weights):
+                if self.weights and current == tensors_fingerprint({**params, **self.weights}):
                     raise BaseModelMismatchError("the pipeline already carries this edit's weights")
-                dtypes = {str(p.dtype) for p in params.values()} - {str(w.dtype) for w in self.weights.values()}
+                edit_dtypes = {str(w.dtype) for w in {**self.weights, **self.modules}.values()}
+                dtypes = {str(p.dtype) for p in params.values()} - edit_dtypes
                 hint = (
                     f" (the pipeline is {dtypes.pop()}; load it in the dtype the edit was fitted in)" if dtypes else ""
                 )
@@ -112,17 +216,22 @@ class Edit:
                     "this edit was fitted on a different base model: the weights it replaces do not match its "
                     f"fingerprint{hint}"
                 )
-        self._originals[id(pipe.unet)] = {n: p.detach().clone() for n, p in params.items()}
+        originals = {n: params[n].detach().clone() for n in self.weights}
         with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(self.weights[name].to(param.device, param.dtype))
+            for name, weight in self.weights.items():
+                params[name].copy_(weight.to(params[name].device, params[name].dtype))
+        detach = attach(pipe, self.modules, self.module_spec) if attach is not None else None
+        self._applied[id(pipe.unet)] = (originals, detach)
         return pipe
 
     def remove(self, pipe) -> Any:
-        """Restore the tensors :meth:`apply` replaced, bit for bit, and return ``pipe``."""
-        originals = self._originals.pop(id(pipe.unet), None)
-        if originals is None:
+        """Take out the added modules and restore the replaced tensors, bit for bit; return ``pipe``."""
+        applied = self._applied.pop(id(pipe.unet), None)
+        if applied is None:
             raise ArtifactError("this edit is not applied to this pipeline, so it cannot be removed")
+        originals, detach = applied
+        if detach is not None:
+            detach()
         params = ModelAdapter(pipe).unet_parameters(list(originals))
         with torch.no_grad():
             for name, param in params.items():
@@ -133,7 +242,11 @@ class Edit:
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the artifact (``.safetensors`` + ``.json`` beside it) atomically; return the safetensors path."""
         path = check_output(Path(path), overwrite)
-        tensors = {**self.weights, **{EXTRAS_PREFIX + k: v.contiguous() for k, v in self.extras.items()}}
+        tensors = {
+            **self.weights,
+            **{MODULES_PREFIX + k: v.contiguous() for k, v in self.modules.items()},
+            **{EXTRAS_PREFIX + k: v.contiguous() for k, v in self.extras.items()},
+        }
         meta = self.metadata()
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "erasekit": json.dumps(meta)})
@@ -145,13 +258,14 @@ class Edit:
     def load(cls, path: str | Path) -> Edit:
         """Read an artifact written by :meth:`save`; any damage is an :class:`ArtifactError`."""
         meta, tensors = read_artifact(path)
-        weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRAS_PREFIX)}
-        extras = {k[len(EXTRAS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRAS_PREFIX)}
-        listed = set(meta.get("tensors", {}))
-        if listed != set(weights):
+        extras = _take_prefixed(tensors, EXTRAS_PREFIX)
+        modules = _take_prefixed(tensors, MODULES_PREFIX)
+        weights = tensors
+        module_meta = meta.get("modules") or {}
+        if set(meta.get("tensors", {})) != set(weights) or set(module_meta.get("tensors", {})) != set(modules):
             raise ArtifactError(f"artifact '{path}' is inconsistent: its tensors do not match its metadata")
-        for name, tensor in weights.items():
-            if not torch.isfinite(tensor).all():
+        for name, tensor in {**weights, **modules}.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ArtifactError(f"artifact '{path}' is corrupted: tensor '{name}' contains NaN or infinite values")
         try:
             return cls(
@@ -163,6 +277,10 @@ class Edit:
                 extras=extras,
                 info=meta.get("info", {}),
                 version=meta.get("erasekit_version", "unknown"),
+                modules=modules,
+                module_kind=module_meta.get("kind"),
+                module_spec=module_meta.get("spec", {}),
+                base_names=module_meta.get("base_names", []),
             )
         except KeyError as exc:
             raise ArtifactError(f"artifact '{path}' metadata lacks the field {exc}") from None
@@ -170,8 +288,14 @@ class Edit:
     def export(self, pipe, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Save ``pipe`` with this edit applied as a full diffusers folder (``from_pretrained`` loads it).
 
-        The pipeline is left as it was: the edit is applied for the save and removed afterwards.
+        The pipeline is left as it was: the edit is applied for the save and removed afterwards. Edits that add
+        modules cannot be expressed as plain diffusers weights: load their artifact with :func:`load_edit` instead.
         """
+        if self.module_kind is not None:
+            raise ArtifactError(
+                f"a {self.method} edit adds modules ({self.module_kind}) that a plain diffusers folder cannot hold: "
+                "ship the .safetensors artifact and apply it with erasekit.load_edit(pipe, path)"
+            )
         out_dir = check_output(Path(out_dir), overwrite)
         applied_here = not self.is_applied(pipe)
         if applied_here:
@@ -184,6 +308,16 @@ class Edit:
             if applied_here:
                 self.remove(pipe)
         return out_dir
+
+
+def _describe(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    return {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in tensors.items()}
+
+
+def _take_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove the tensors named ``prefix...`` from ``tensors`` and return them without the prefix."""
+    names = [k for k in tensors if k.startswith(prefix)]
+    return {k[len(prefix) :]: tensors.pop(k) for k in names}
 
 
 def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

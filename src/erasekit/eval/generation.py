@@ -81,11 +81,8 @@ def pipeline_fingerprint(pipe) -> str:
 
 
 def edit_fingerprint(edit: Edit | None) -> str | None:
-    """sha256 of the tensors an edit writes (``None`` for the unedited model)."""
-    if edit is None:
-        return None
-    extras = {f"extras/{k}": v for k, v in edit.extras.items()}
-    return tensors_fingerprint({**edit.weights, **extras})
+    """:meth:`Edit.fingerprint`, or ``None`` for the unedited model."""
+    return None if edit is None else edit.fingerprint()
 
 
 def image_key(spec: ImageSpec, model_fingerprint: str, edit_fp: str | None) -> str:
