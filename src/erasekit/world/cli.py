@@ -12,7 +12,7 @@ from typing import Annotated
 import torch
 import typer
 
-from ..errors import ErasekitError
+from ..errors import ConfigError, ErasekitError
 
 app = typer.Typer(help="The embedded benchmark world: a tiny trained text-to-image model where erasure is measurable.")
 
@@ -140,6 +140,38 @@ def evaluate(
         typer.echo(f"{key:40s} {100 * v['accuracy']:6.1f}%  (n={v['n']})")
     if out is not None:
         out.write_text(json.dumps({"table": table, "results": results}, indent=1))
+
+
+@app.command()
+def bench(
+    task: Annotated[str, typer.Option(help="world task (see --list)")] = "object",
+    method: Annotated[str, typer.Option(help="registered method")] = "uce",
+    params: Annotated[str | None, typer.Option(help="method hyper-parameters as JSON")] = None,
+    preserve: Annotated[str, typer.Option(help="none | neighbours (see docs/world.md)")] = "none",
+    label: Annotated[str | None, typer.Option(help="name of this run (default: method-preserve-paramshash)")] = None,
+    output: Annotated[Path, typer.Option(help="runs folder: edits, evaluations, summaries")] = Path("runs/world-bench"),
+    list_tasks: Annotated[bool, typer.Option("--list", help="list the tasks and exit")] = False,
+    table: Annotated[bool, typer.Option(help="print the table of every run of TASK so far, fit nothing")] = False,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a shared machine)")] = 1,
+) -> None:
+    """Run a paper experiment on the world with METHOD (same prompts and seeds for every method); print the table."""
+    from .experiments import TASKS, load_summaries, markdown_table, run_task
+
+    if list_tasks:
+        for name, spec in TASKS.items():
+            typer.echo(f"{name:15s} {spec.description}")
+        return
+    torch.set_num_threads(threads)
+    try:
+        if not table:
+            try:
+                parsed = json.loads(params) if params else None
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--params: not valid JSON ({exc})") from None
+            run_task(task, method, parsed, preserve=preserve, output=output, label=label)
+        typer.echo(markdown_table(load_summaries(task, output)))
+    except ErasekitError as err:
+        _fail(err)
 
 
 def _load(model: Path | None):
