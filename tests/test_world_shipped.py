@@ -78,3 +78,14 @@ def test_judge_and_table_score_rows_against_their_labels(classifiers):
     assert table["object/direct/*"] == {"accuracy": 1.0, "n": 10}
     assert table["scene/scene/*"]["accuracy"] == table["scene/left/*"]["accuracy"] == 1.0
     assert table["scene/two-objects/*"]["n"] + table["scene/character-object/*"]["n"] == 10
+
+
+def test_classifier_features_put_one_family_close_to_itself_and_far_from_another(classifiers):
+    from erasekit.eval.metrics.distribution import fid_from_features
+
+    def feats(family: str, start: int):
+        return classifiers.features([generate(family, start + s).image for s in range(60)]).astype("float64")
+
+    objects_a, objects_b, styles = feats("object", 0), feats("object", 1000), feats("style", 0)
+    assert objects_a.shape == (60, 256)
+    assert fid_from_features(objects_a, objects_b) < 0.2 * fid_from_features(objects_a, styles)

@@ -92,6 +92,9 @@ def _crop(x: torch.Tensor, head: str) -> torch.Tensor:
     return x
 
 
+FEATURE_HEADS = ("object", "style", "character", "explicit")
+
+
 class WorldClassifiers:
     """The world's judges. ``predict(images, head)`` -> labels; ``scores(images, head)`` -> probabilities."""
 
@@ -118,6 +121,17 @@ class WorldClassifiers:
         x = _crop(_to_tensor(images), head)
         out = [F.softmax(net(x[i : i + 256]), dim=1) for i in range(0, len(x), 256)]
         return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, 256) image features for FID/KID: the last conv layer of the object, style, character and explicit
+        networks, averaged over space, side by side (the world's analogue of Inception's pool features)."""
+        nets = [self.networks[_NETWORK_OF_HEAD[h]] for h in FEATURE_HEADS]
+        if len(images) == 0:
+            return np.zeros((0, sum(net.head.in_features // 16 for net in nets)), dtype=np.float32)
+        x = _to_tensor(images)
+        chunks = [x[i : i + 256] for i in range(0, len(x), 256)]
+        return torch.cat([torch.cat([net.features(c).mean((2, 3)) for net in nets], 1) for c in chunks]).numpy()
 
     def predict(self, images: Sequence[Image.Image], head: str) -> list[str]:
         """The most likely label of each image for ``head`` ("yes"/"no" for ``explicit``)."""

@@ -8,8 +8,9 @@ Features (``features`` option):
 - ``inception``: clean-fid's / StyleGAN2-ADA's TorchScript Inception-v3 (``inception-2015-12-05.pt``), images resized
   to 299 px with PIL bicubic as clean-fid's "clean" mode does; no torchvision needed;
 - ``clip``: CLIP image embeddings (``model``: a CLIPModel folder or hub id), as in clean-fid's CLIP-FID;
-- ``world``: the evaluation classifier's ``features(images)``; for the benchmark world's classifiers, which have none,
-  the class probabilities of its object, style, character and explicit heads side by side (153 values).
+- ``world``: the evaluation classifier's ``features(images)`` (the benchmark world's: the pooled last conv layer of
+  its object, style, character and explicit networks, 256 values); for a classifier without ``features`` but with
+  ``scores(images, head)``, the class probabilities of those heads side by side.
 
 The reference is the unerased model's images of the same rows (``reference: base``; the "drift" FID) or a folder of
 real images (e.g. the COCO-30k ones). The compared rows default to the ``retain`` role: what should not change.
