@@ -17,6 +17,13 @@ from ..errors import ConfigError, ErasekitError
 app = typer.Typer(help="The embedded benchmark world: a tiny trained text-to-image model where erasure is measurable.")
 
 
+@app.callback()
+def _threads(
+    threads: Annotated[int, typer.Option(help="torch CPU threads: world models are so small that 1 is fastest")] = 1,
+) -> None:
+    torch.set_num_threads(threads)
+
+
 def _fail(err: ErasekitError) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(2)
@@ -34,12 +41,10 @@ def train(
     n_images: Annotated[int, typer.Option(help="training images drawn from the world")] = 200_000,
     batch: Annotated[int, typer.Option(help="diffusion batch size")] = 64,
     max_minutes: Annotated[float | None, typer.Option(help="stop (after a checkpoint) after this long")] = None,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a shared machine)")] = 1,
 ) -> None:
     """Train the world pipeline from scratch (CPU is fine), checkpointing and resuming in RUN_DIR."""
     from .train import WorldTrainConfig, WorldTrainer
 
-    torch.set_num_threads(threads)
     try:
         config = WorldTrainConfig(seed=seed, steps=steps, vae_steps=vae_steps, n_images=n_images, batch=batch)
         trainer = WorldTrainer(run_dir, config)
@@ -75,12 +80,10 @@ def train_classifiers_command(
     seed: Annotated[int, typer.Option(help="seed of the generator images and of the weights")] = 0,
     steps: Annotated[int, typer.Option(help="optimisation steps per network")] = 2_000,
     n_train: Annotated[int, typer.Option(help="training images per network")] = 20_000,
-    threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
 ) -> None:
     """Train the world's ground-truth classifiers on generator images and report held-out accuracy."""
     from .classifiers import train_classifiers
 
-    torch.set_num_threads(threads)
     try:
         clf = train_classifiers(out, seed=seed, steps=steps, n_train=n_train, log=typer.echo)
     except ErasekitError as err:
@@ -100,15 +103,15 @@ def sample(
     """Draw PROMPT with the world pipeline and save the images side by side."""
     from PIL import Image
 
-    from .evaluate import sample_rows
+    from ..eval.generation import ImageSpec, sample_batch
     from .prompts import SAMPLING
 
     try:
         pipe = _load(model)
     except ErasekitError as err:
         _fail(err)
-    rows = [{"prompt": prompt, "seed": seed + k, **SAMPLING} for k in range(n)]
-    images = sample_rows(pipe, rows)
+    steps, guidance, size = int(SAMPLING["steps"]), float(SAMPLING["guidance"]), int(SAMPLING["size"])
+    images = sample_batch(pipe, [ImageSpec(prompt, seed + k, guidance, size, size, steps) for k in range(n)])
     side = int(SAMPLING["size"]) * scale
     sheet = Image.new("RGB", (side * n, side))
     for k, im in enumerate(images):
@@ -121,25 +124,43 @@ def sample(
 def evaluate(
     sets: Annotated[list[str] | None, typer.Option("--set", help="prompt set(s); default: all five")] = None,
     model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped world)")] = None,
-    out: Annotated[Path | None, typer.Option(help="write per-row results and the table as JSON")] = None,
+    out: Annotated[Path, typer.Option(help="evaluation run folder (results.json, rows.jsonl)")] = Path(
+        "runs/world-eval"
+    ),
 ) -> None:
-    """Sample prompt sets with the pipeline and print the classifiers' accuracy per family and role."""
+    """Sample prompt sets with the pipeline and print how often the classifiers see what each row asks for.
+
+    Every concept counts as "erased" for the harness's roles, so rows keep their written role (direct rows are
+    reported as erase); the neutral explicit rows ("a person at the office", label no) are the retain rows.
+    """
+    from ..eval.api import EvalConfig
+    from ..eval.api import evaluate as run_evaluation
+    from ..eval.prompts import load_prompts
     from .classifiers import load_classifiers
-    from .evaluate import accuracy_table, judge, sample_rows
-    from .prompts import SET_NAMES, prompt_set
+    from .prompts import SAMPLING, SET_NAMES
 
     try:
         pipe = _load(model)
-        classifiers = load_classifiers()
-        rows = [r for name in (sets or SET_NAMES) for r in prompt_set(name)]
+        unknown = sorted(set(sets or ()) - set(SET_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown world prompt set(s) {', '.join(unknown)}; choose from {', '.join(SET_NAMES)}")
+        prompts = [f"world:{name}" for name in sets or SET_NAMES]
+        shown = {row.concept for spec in prompts for row in load_prompts(spec) if row.label != "no"}
+        config = EvalConfig(
+            model=str(model or "erasekit:world"),
+            prompts=prompts,
+            concepts=sorted(shown),
+            classifier="world",
+            steps=int(SAMPLING["steps"]),
+            guidance=float(SAMPLING["guidance"]),
+            output=str(out),
+        )
+        results = run_evaluation(config, pipe=pipe, classifier=load_classifiers())
     except ErasekitError as err:
         _fail(err)
-    results = judge(classifiers, rows, sample_rows(pipe, rows))
-    table = accuracy_table(results)
-    for key, v in table.items():
-        typer.echo(f"{key:40s} {100 * v['accuracy']:6.1f}%  (n={v['n']})")
-    if out is not None:
-        out.write_text(json.dumps({"table": table, "results": results}, indent=1))
+    for family, entry in results.metrics("base")["accuracy"]["families"].items():
+        for role, accuracy in entry["acc"].items():
+            typer.echo(f"{family + '/' + role:30s} {100 * accuracy:6.1f}%  (n={entry['n'][role]})")
 
 
 @app.command()
@@ -152,7 +173,6 @@ def bench(
     output: Annotated[Path, typer.Option(help="runs folder: edits, evaluations, summaries")] = Path("runs/world-bench"),
     list_tasks: Annotated[bool, typer.Option("--list", help="list the tasks and exit")] = False,
     table: Annotated[bool, typer.Option(help="print the table of every run of TASK so far, fit nothing")] = False,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a shared machine)")] = 1,
 ) -> None:
     """Run a paper experiment on the world with METHOD (same prompts and seeds for every method); print the table."""
     from .experiments import TASKS, load_summaries, markdown_table, run_task
@@ -161,7 +181,6 @@ def bench(
         for name, spec in TASKS.items():
             typer.echo(f"{name:15s} {spec.description}")
         return
-    torch.set_num_threads(threads)
     try:
         if not table:
             try:
@@ -175,13 +194,6 @@ def bench(
 
 
 def _load(model: Path | None):
-    from diffusers import StableDiffusionPipeline
+    from ..models import load_pipeline
 
-    from . import pipeline_path
-
-    path = model if model is not None else pipeline_path()
-    if not (path / "model_index.json").exists():
-        raise ErasekitError(f"'{path}' is not a diffusers pipeline folder (no model_index.json)")
-    pipe = StableDiffusionPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline(model if model is not None else "erasekit:world")
