@@ -9,10 +9,14 @@ import difflib
 
 from ..errors import ConfigError
 from .base import Method
+from .dumo import DuMo, DuMoConfig
+from .esd import ESD, ESDConfig
+from .gloce import GLoCE, GLoCEConfig
+from .mace import MACE, MACEConfig
 from .rece import RECE, RECEConfig
 from .uce import UCE, UCEConfig
 
-METHODS: dict[str, type[Method]] = {"uce": UCE, "rece": RECE}
+METHODS: dict[str, type[Method]] = {"uce": UCE, "rece": RECE, "esd": ESD, "dumo": DuMo, "gloce": GLoCE, "mace": MACE}
 
 
 def get_method(name: str) -> type[Method]:
@@ -25,4 +29,20 @@ def get_method(name: str) -> type[Method]:
     return METHODS[key]
 
 
-__all__ = ["METHODS", "RECE", "UCE", "Method", "RECEConfig", "UCEConfig", "get_method"]
+__all__ = [
+    "ESD",
+    "MACE",
+    "METHODS",
+    "RECE",
+    "UCE",
+    "DuMo",
+    "DuMoConfig",
+    "ESDConfig",
+    "GLoCE",
+    "GLoCEConfig",
+    "MACEConfig",
+    "Method",
+    "RECEConfig",
+    "UCEConfig",
+    "get_method",
+]

@@ -1,0 +1,180 @@
+"""MACE stage 1: closed-form cross-attention refinement (CFR) of every K/V projection, for all concepts at once.
+
+Research note mace.md 1.4. In each ``old`` prompt (template + concept) the tokens around the concept phrase (BOS
+and prefix words, the words after the phrase, EOS and the padding) are mapped to what the *original* weights give in
+the ``new`` prompt (same template, surrogate instead of concept); the concept tokens themselves are left to stage 2.
+For every K/V matrix ``W`` with original ``W0``:
+
+    min_W  sum_i ||W c_i - W0 g_i||^2 + lam ||W - W0||_F^2 + alpha sum_p ||W e_p - W0 e_p||^2
+
+(c_i: aligned rows of the old prompts, g_i: their partners in the new prompts, e_p: preservation tokens), solved by
+
+    W (lam I + sum c c^T + alpha P) = W0 (lam I + sum g c^T + alpha P),   P = sum_p e_p e_p^T.
+
+Every target is produced by the same matrix's original weights, so ``W = W0 T`` with one d x d matrix ``T`` shared by
+all 32 projections (the identity UCE uses): the sums are d x d, accumulated concept by concept, and memory does not
+grow with the number of concepts (the reference keeps every target vector, about 23 GB for 100 concepts, note 4).
+
+Preservation statistics ``P`` are sums over all 77 positions of captions (the reference's COCO "prior" cache) and of
+retained texts (its "domain" cache), cached on disk per text encoder and caption set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ...concepts import Concept
+from ...errors import TokenizationError
+from ...io import atomic_file
+from ...linalg import cross, gram, ridge_solve
+from ...models.adapter import ModelAdapter
+from ...models.loading import cache_dir
+from .prompts import prompt_pairs
+
+REFERENCE_CAPTIONS = 616_767
+"""Captions behind the reference's COCO cache (2014 train + val); a smaller caption set is rescaled to this mass."""
+
+
+def align_tokens(old_ids: Sequence[int], new_ids: Sequence[int], length: int) -> tuple[list[int], list[int]]:
+    """Positions of ``old`` and ``new`` paired by CFR: common prefix, common suffix, then the padding from the end.
+
+    ``old_ids`` / ``new_ids`` are the un-padded ids with BOS and EOS. The differing middle (concept vs surrogate
+    phrase) is left out. Padding positions are paired from the end of the ``length``-token sequence, so both lists
+    have the same length; with k concept tokens each pair yields ``length - k`` rows when the surrogate is shorter.
+    """
+    n_old, n_new = len(old_ids), len(new_ids)
+    prefix = 0
+    while prefix < min(n_old, n_new) and old_ids[prefix] == new_ids[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(n_old, n_new) - prefix and old_ids[n_old - 1 - suffix] == new_ids[n_new - 1 - suffix]:
+        suffix += 1
+    pads = min(length - n_old, length - n_new)
+    idx_old = [*range(prefix), *range(n_old - suffix, n_old), *range(length - pads, length)]
+    idx_new = [*range(prefix), *range(n_new - suffix, n_new), *range(length - pads, length)]
+    return idx_old, idx_new
+
+
+def unpadded_ids(model: ModelAdapter, text: str) -> list[int]:
+    """Token ids with BOS and EOS, without padding (what CFR aligns)."""
+    return [model.tokenizer.bos_token_id, *model.word_tokens(text), model.tokenizer.eos_token_id]
+
+
+def cfr_statistics(
+    model: ModelAdapter, concepts: Sequence[Concept], n_templates: int, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum c c^T, sum g c^T)`` over the aligned rows of every concept's prompt pairs, float64 ``[d, d]`` each.
+
+    Concepts sharing a surrogate (e.g. 100 celebrities -> "a person") share their ``new`` prompts, which are encoded
+    once per group: text encoding is most of this stage's cost.
+    """
+    d = model.embedding_dim
+    S_cc = torch.zeros(d, d, dtype=torch.float64)
+    S_gc = torch.zeros(d, d, dtype=torch.float64)
+    groups: dict[tuple[str, ...], list[tuple[list[str], Concept]]] = {}
+    for concept in concepts:
+        old, new = prompt_pairs(concept, n_templates)
+        groups.setdefault(tuple(new), []).append((old, concept))
+    bar = tqdm(total=len(concepts), desc="MACE stage 1: prompt pairs", disable=not progress, leave=False)
+    for new, members in groups.items():
+        e_new = model.encode(list(new))
+        ids_new = [unpadded_ids(model, text) for text in new]
+        for old, _ in members:
+            e_old = model.encode(old)
+            for j, text in enumerate(old):
+                idx_old, idx_new = align_tokens(unpadded_ids(model, text), ids_new[j], model.max_length)
+                c = e_old[j, idx_old]
+                S_cc += gram(c)
+                S_gc += cross(e_new[j, idx_new], c)
+            bar.update()
+    bar.close()
+    return S_cc, S_gc
+
+
+def refine_transform(S_cc: torch.Tensor, S_gc: torch.Tensor, preserve: torch.Tensor, lamb: float) -> torch.Tensor:
+    """CFR's shared ``T = (lam I + S_gc + P)(lam I + S_cc + P)^-1``; every K/V weight becomes ``W0 @ T``.
+
+    ``preserve`` is the already weighted preservation Gram ``alpha P``.
+    """
+    eye = torch.eye(S_cc.shape[-1], dtype=torch.float64)
+    return ridge_solve(lamb * eye + S_gc + preserve, S_cc + preserve, lamb)
+
+
+# ----------------------------------------------------------------------------------------- preservation statistics
+def text_gram(model: ModelAdapter, texts: Sequence[str], progress: bool = False, chunk: int = 64) -> torch.Tensor:
+    """``sum e e^T`` over all 77 positions (BOS, words, EOS, padding) of every text, float64 ``[d, d]``."""
+    d = model.embedding_dim
+    total = torch.zeros(d, d, dtype=torch.float64)
+    for start in tqdm(range(0, len(texts), chunk), desc="MACE: caption statistics", disable=not progress, leave=False):
+        total += gram(model.encode(list(texts[start : start + chunk])).reshape(-1, d))
+    return total
+
+
+def encodable(model: ModelAdapter, texts: Sequence[str]) -> list[str]:
+    """The texts the tokenizer encodes faithfully (a caption longer than 75 tokens is skipped, not truncated)."""
+    kept = []
+    for text in texts:
+        try:
+            model.word_tokens(text)
+        except TokenizationError:
+            continue
+        kept.append(text)
+    return kept
+
+
+def coco_captions(n: int) -> list[str]:
+    """The first ``n`` captions of the shipped MS-COCO 30k set (CC BY 4.0, see ``data/prompts/NOTICE``)."""
+    from ...eval.prompts import BUILTIN_SETS
+
+    return [row.prompt for row in BUILTIN_SETS["coco30k"]()[:n]]
+
+
+def cached_text_gram(model: ModelAdapter, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
+    """:func:`text_gram`, stored under ``$ERASEKIT_CACHE/mace`` keyed by text encoder weights and the texts.
+
+    The reference computes its COCO cache once per base model (note 1.4); so do we, but for any caption set.
+    """
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    tokenizer = f"{type(model.tokenizer).__name__}{len(model.tokenizer)}"
+    key = f"{model.fingerprint()[:16]}-{tokenizer}-{digest}"
+    path = cache_dir() / "mace" / f"gram-{key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["gram"]
+    total = text_gram(model, texts, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        save_file({"gram": total}, str(tmp), metadata={"texts": str(len(texts))})
+    return total
+
+
+def world_captions(n: int, exclude: Sequence[str] = ()) -> list[str]:
+    """Training captions of the benchmark world (its analogue of MS-COCO: captions of the model's own training
+    distribution), without those naming an excluded (erased) text."""
+    from ...concepts import normalize
+    from ...world.generator import generate_mixed
+
+    banned = [normalize(text) for text in exclude]
+    captions = (generate_mixed(seed).caption for seed in range(n))
+    return [c for c in captions if not any(b in normalize(c) for b in banned)]
+
+
+def prior_gram(
+    model: ModelAdapter, n_captions: int, source: str = "coco", exclude: Sequence[str] = (), progress: bool = False
+) -> torch.Tensor:
+    """The caption prior ``P`` from ``n_captions`` captions, rescaled to the reference's 616,767-caption mass.
+
+    ``source`` is ``coco`` (the shipped MS-COCO captions, as the reference) or ``world`` (the benchmark world's
+    training captions, minus those naming an ``exclude`` text). Rescaling keeps the reference's preservation scales
+    (e.g. 1e-4) meaningful for a subset: the sum over 617k captions is about 617k/n times the sum over n of them.
+    """
+    if n_captions == 0:
+        d = model.embedding_dim
+        return torch.zeros(d, d, dtype=torch.float64)
+    captions = coco_captions(n_captions) if source == "coco" else world_captions(n_captions, exclude)
+    captions = encodable(model, captions)
+    return cached_text_gram(model, captions, progress) * (REFERENCE_CAPTIONS / len(captions))

@@ -1,0 +1,81 @@
+"""ESD: which tensors each variant trains, that training lowers the negative-guidance loss, and exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erasekit.concepts import ConceptSet
+from erasekit.errors import ConfigError
+from erasekit.methods import ESD
+from erasekit.methods.esd import trainable_names
+from erasekit.methods.training import TrainingConfig, autocast, objective_value
+from erasekit.models import ModelAdapter, load_pipeline
+
+FAST = {"ddim_steps": 4, "lr": 1e-3, "progress": False}
+CONCEPTS = ConceptSet.build(["dog"], preserve=["cat"])
+
+
+def mean_loss(base, edited) -> float:
+    return objective_value(ModelAdapter(base), edited, [("dog", "")], TrainingConfig(**FAST))
+
+
+def test_esd_x_trains_exactly_the_cross_attention_tensors(tiny_pipe, tiny_model):
+    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    edit = ESD(steps=3, train_method="x", **FAST).fit(tiny_model, CONCEPTS)
+    xattn = {n for n in before if ".attn2." in n}
+    assert set(edit.weights) == xattn
+    assert all(not torch.equal(edit.weights[n], before[n]) for n in edit.weights if n.endswith("to_k.weight"))
+    after = tiny_pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "fit must leave the pipeline unchanged"
+
+
+def test_esd_u_trains_everything_but_cross_attention_and_norms(tiny_model):
+    names = trainable_names(tiny_model, "u")
+    assert names and not any(".attn2." in n for n in names)
+    assert not any("norm" in n.split(".")[-2] for n in names)
+    assert "conv_in.weight" in names and "time_embedding.linear_1.weight" in names
+    strict = trainable_names(tiny_model, "x-strict")
+    assert strict and all(n.split(".")[-2] in ("to_k", "to_v") for n in strict)
+    assert set(trainable_names(tiny_model, "full")) == set(names) | set(trainable_names(tiny_model, "x"))
+
+
+def test_esd_training_lowers_the_negative_guidance_loss(tiny_path):
+    base, edited = load_pipeline(tiny_path), load_pipeline(tiny_path)
+    before = mean_loss(base, edited)
+    edit = ESD(steps=10, train_method="x", **{**FAST, "lr": 3e-4}).fit(ModelAdapter(base), ConceptSet.build(["dog"]))
+    edit.apply(edited)
+    after = mean_loss(base, edited)
+    assert after < 0.6 * before
+
+
+def test_esd_resumed_run_ends_with_identical_weights(tiny_model, tmp_path):
+    straight = ESD(steps=4, work_dir=str(tmp_path / "a"), checkpoint_every=1, **FAST).fit(tiny_model, CONCEPTS)
+    ESD(steps=2, work_dir=str(tmp_path / "b"), **FAST).fit(tiny_model, CONCEPTS)
+    resumed = ESD(steps=4, work_dir=str(tmp_path / "b"), **FAST).fit(tiny_model, CONCEPTS)
+    assert resumed.info["training"]["resumed_from"] == 2
+    assert all(torch.equal(straight.weights[n], resumed.weights[n]) for n in straight.weights)
+    with pytest.raises(ConfigError, match="other settings"):
+        ESD(steps=4, work_dir=str(tmp_path / "b"), **{**FAST, "lr": 2e-3}).fit(tiny_model, CONCEPTS)
+
+
+def test_esd_is_deterministic_for_a_seed(tiny_model):
+    a = ESD(steps=2, seed=3, **FAST).fit(tiny_model, CONCEPTS)
+    b = ESD(steps=2, seed=3, **FAST).fit(tiny_model, CONCEPTS)
+    assert all(torch.equal(a.weights[n], b.weights[n]) for n in a.weights)
+
+
+def test_esd_rejects_bad_settings():
+    with pytest.raises(ConfigError, match="steps"):
+        ESD(steps=0)
+    with pytest.raises(ConfigError, match="train_method"):
+        ESD(train_method="xattn")
+    with pytest.raises(ConfigError, match="negative_guidance"):
+        ESD(negative_guidance=-1.0)
+
+
+def test_auto_mixed_precision_is_off_on_cpu():
+    with autocast(torch.device("cpu"), "auto"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

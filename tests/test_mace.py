@@ -1,0 +1,301 @@
+"""MACE: both closed forms satisfy their normal equations, the LoRA stage lowers its loss, fusion reproduces a single
+LoRA, fusion memory is flat in the number of concepts, and the edit behaves like every other edit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from erasekit import ConceptSet
+from erasekit.concepts import Concept
+from erasekit.edits import Edit
+from erasekit.errors import ConfigError, ModelLayoutError
+from erasekit.linalg import gram
+from erasekit.methods import MACE, get_method
+from erasekit.methods.mace import MACEConfig, resolve
+from erasekit.methods.mace.fusion import FusionAccumulator
+from erasekit.methods.mace.lora import (
+    ConceptLoRA,
+    LoRASettings,
+    attention_loss,
+    cfis_pmf,
+    loss_positions,
+    mask_pixels,
+    model_images,
+    replaced_weights,
+    train_concept_lora,
+)
+from erasekit.methods.mace.masks import AttentionMasks, GroundedSAM, encode_images
+from erasekit.methods.mace.prompts import TEMPLATES, prompt_pairs
+from erasekit.methods.mace.refine import align_tokens, cfr_statistics, refine_transform, text_gram, unpadded_ids
+from erasekit.models import ModelAdapter, load_pipeline
+
+
+@pytest.fixture(scope="module")
+def model(tiny_path):
+    """One tiny pipeline for the whole module: every MACE call below leaves the model as it found it (checked)."""
+    return ModelAdapter(load_pipeline(tiny_path))
+
+
+QUICK = dict(templates=3, images_per_concept=2, image_steps=2, steps=3, prior_captions=0, progress=False)
+
+
+def test_mace_is_registered_and_ships_thirty_templates_per_kind():
+    assert get_method("mace") is MACE
+    assert all(len(t) == 30 and all("{}" in x for x in t) for t in TEMPLATES.values())
+
+
+def test_align_tokens_drops_the_phrase_and_pairs_padding_from_the_end():
+    old = [100, 1, 7, 8, 2, 101]  # BOS, "a", concept (2 tokens), "b", EOS
+    new = [100, 1, 9, 2, 101]  # BOS, "a", surrogate (1 token), "b", EOS
+    idx_old, idx_new = align_tokens(old, new, 10)
+    assert idx_old == [0, 1, 4, 5, 6, 7, 8, 9]
+    assert idx_new == [0, 1, 3, 4, 6, 7, 8, 9]
+    assert [old[i] for i in idx_old[:4]] == [new[i] for i in idx_new[:4]]
+
+
+def _cfr_rows(model, concepts, n_templates):
+    """Stage-1 rows built one by one, independently of cfr_statistics' accumulation."""
+    C, G = [], []
+    for concept in concepts:
+        old, new = prompt_pairs(concept, n_templates)
+        for a, b in zip(old, new, strict=True):
+            i_old, i_new = align_tokens(unpadded_ids(model, a), unpadded_ids(model, b), model.max_length)
+            C.append(model.encode([a])[0, i_old])
+            G.append(model.encode([b])[0, i_new])
+    return torch.cat(C).double(), torch.cat(G).double()
+
+
+@pytest.mark.parametrize("lam, alpha", [(0.5, 0.0), (0.0, 0.3), (2.0, 1.0)])
+def test_stage1_solution_satisfies_its_normal_equations(model, lam, alpha):
+    concepts = [Concept("dog"), Concept("Van Gogh", kind="style")]
+    P = text_gram(model, ["a red car", "a tree", "", "a photo of a house"])
+    S_cc, S_gc = cfr_statistics(model, concepts, 4)
+    T = refine_transform(S_cc, S_gc, alpha * P, lam)
+    C, G = _cfr_rows(model, concepts, 4)
+    eye = torch.eye(C.shape[1], dtype=torch.float64)
+    for W0 in model.kv_weights().values():
+        W0 = W0.detach().double()
+        W = W0 @ T
+        # gradient of sum ||W c - W0 g||^2 + lam ||W - W0||^2 + alpha sum ||W e - W0 e||^2, halved
+        grad = (W @ C.T - W0 @ G.T) @ C + lam * (W - W0) + alpha * (W - W0) @ P
+        scale = (W0 @ G.T @ C).abs().max() + lam * W0.abs().max() + (W0 @ P).abs().max() * alpha
+        assert grad.abs().max() / scale < 1e-9
+        assert not torch.allclose(W, W0 @ eye)
+
+
+def test_stage1_keeps_the_prefix_rows_and_remaps_the_suffix(model):
+    concept = Concept("dog")
+    S_cc, S_gc = cfr_statistics(model, [concept], 30)
+    T = refine_transform(S_cc, S_gc, torch.zeros_like(S_cc), 1e-3)
+    old, new = prompt_pairs(concept, 30)
+    e_old, e_new = model.encode([old[9]]).double()[0], model.encode([new[9]]).double()[0]  # "A photo of {}"
+    i_old, i_new = align_tokens(unpadded_ids(model, old[9]), unpadded_ids(model, new[9]), 77)
+    before = (e_old[i_old] - e_new[i_new]).norm()
+    after = (e_old[i_old] @ T.T - e_new[i_new]).norm()
+    assert after < 0.5 * before
+
+
+def test_preservation_scale_is_squared_only_in_reference_mode():
+    concepts = ConceptSet.build([{"text": "Anne Hathaway", "kind": "celebrity"}])
+    assert resolve(MACEConfig(cfr_preserve_scale=1e-2), concepts).cfr_scale == pytest.approx(1e-2)
+    assert resolve(MACEConfig(cfr_preserve_scale=1e-2, reference_double_scale=True), concepts).cfr_scale == (
+        pytest.approx(1e-4)
+    )
+    assert resolve(MACEConfig(), concepts).preserve_weight == 8e3  # one celebrity: the erase_cele_1 preset
+    many = ConceptSet.build([{"text": f"person {i}", "kind": "celebrity"} for i in range(12)])
+    assert resolve(MACEConfig(), many).preserve_weight == 8e4
+
+
+def _random_lora(g, shapes, rank=1):
+    return ConceptLoRA("x", {n: (torch.randn(o, rank, generator=g), torch.randn(rank, d, generator=g))
+                             for n, (o, d) in shapes.items()})  # fmt: skip
+
+
+def test_stage3_solution_satisfies_its_normal_equations():
+    g = torch.Generator().manual_seed(0)
+    d, shapes = 6, {"a": (4, 6), "b": (9, 6)}
+    refined = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    original = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    R = torch.randn(20, d, generator=g, dtype=torch.float64)
+    beta, lam = 0.3, 0.7
+    acc = FusionAccumulator(shapes)
+    concepts = [(torch.randn(5, d, generator=g), _random_lora(g, shapes)) for _ in range(3)]
+    for contexts, lora in concepts:
+        acc.add(contexts, lora)
+    fused = acc.solve(refined, original, beta * gram(R), lam)
+    for name in shapes:
+        W = fused[name]
+        grad = lam * (W - refined[name]) + beta * (W - original[name]) @ gram(R)
+        for contexts, lora in concepts:
+            c = contexts.double()
+            up, down = lora.factors[name]
+            target = (refined[name] + up.double() @ down.double()) @ c.T
+            grad += (W @ c.T - target) @ c
+        assert grad.abs().max() < 1e-9
+
+
+def test_stage3_memory_does_not_grow_with_the_number_of_concepts():
+    g = torch.Generator().manual_seed(1)
+    shapes = {f"w{i}": (64, 32) for i in range(8)}
+    acc = FusionAccumulator(shapes)
+    sizes = []
+    for _ in range(20):
+        acc.add(torch.randn(3 * 77, 32, generator=g), _random_lora(g, shapes))
+        sizes.append(acc.nbytes())
+    assert len(set(sizes)) == 1
+    assert sizes[0] == 8 * (32 * 32 + 8 * 64 * 32)  # one d x d Gram + one out x d sum per matrix, float64
+
+
+def test_cfis_concentrates_on_200_to_400():
+    pmf = cfis_pmf()
+    cdf = np.cumsum(pmf)
+    assert pmf.sum() == pytest.approx(1.0)
+    assert int(np.searchsorted(cdf, 0.5)) in range(295, 306)
+    assert pmf[200:401].sum() == pytest.approx(0.86, abs=0.01)
+
+
+def _stage2_inputs(model, concept):
+    old, _ = prompt_pairs(concept, 3)
+    embeddings = model.encode(old)
+    seeds = [0, 1]
+    images = model_images(model, concept, seeds, steps=2, guidance=7.5, size=16)
+    return old, embeddings, encode_images(model, images), images
+
+
+def _fixed_loss(model, concept, prompts, embeddings, posterior, settings, delta=None):
+    """The stage-2 loss at fixed draws (every image x prompt at t = 300), with an optional LoRA delta applied."""
+    weights = {n: w.detach() + (delta[n] if delta else 0) for n, w in model.kv_weights().items()}
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    with torch.no_grad(), replaced_weights(model, weights):
+        for i in range(posterior.mean.shape[0]):
+            latent = posterior.mean[i : i + 1]
+            noisy = model.pipe.scheduler.add_noise(latent, torch.randn(latent.shape, generator=g), torch.tensor([300]))
+            for j, prompt in enumerate(prompts):
+                positions = loss_positions(model, prompt, concept, settings.suppress_eos_padding)
+                total += float(attention_loss(model, noisy, 300, embeddings[j : j + 1], {}, positions, "fro"))
+    return total
+
+
+def test_stage2_lowers_the_attention_loss_and_leaves_the_unet_as_it_was(model):
+    concept = Concept("dog")
+    prompts, embeddings, posterior, _ = _stage2_inputs(model, concept)
+    settings = LoRASettings(steps=25, learning_rate=3e-2)
+    state = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in model.unet.named_parameters()}
+    lora = train_concept_lora(model, concept, prompts, embeddings, posterior, None, settings, seed=0)
+    after_state = model.unet.state_dict()
+    assert after_state.keys() == state.keys() and all(torch.equal(state[k], after_state[k]) for k in state)
+    assert grads == {n: p.requires_grad for n, p in model.unet.named_parameters()}
+    assert set(lora.factors) == set(model.kv_weights())
+    assert all(up.shape[1] == 1 and down.shape[0] == 1 for up, down in lora.factors.values())
+    before = _fixed_loss(model, concept, prompts, embeddings, posterior, settings)
+    delta = {n: lora.delta(n) for n in lora.factors}
+    after = _fixed_loss(model, concept, prompts, embeddings, posterior, settings, delta)
+    assert after < 0.8 * before
+
+
+def test_stage2_is_deterministic_for_a_seed(model):
+    concept = Concept("dog")
+    prompts, embeddings, posterior, images = _stage2_inputs(model, concept)
+    masks = AttentionMasks()(model, concept, images, [0, 1])
+    assert masks.shape == (2, 16, 16) and set(masks.unique().tolist()) <= {0.0, 1.0} and 0 < masks.mean() < 1
+    settings = LoRASettings(steps=4, learning_rate=1e-2)
+    runs = [train_concept_lora(model, concept, prompts, embeddings, posterior, masks, settings, seed=5)
+            for _ in range(2)]  # fmt: skip
+    assert runs[0].losses == runs[1].losses
+    assert all(torch.equal(runs[0].delta(n), runs[1].delta(n)) for n in runs[0].factors)
+
+
+def test_masked_pixels_follow_the_reference_nearest_resize():
+    mask = torch.zeros(16, 16)
+    mask[:8, :8] = 1
+    pixels = mask_pixels(mask, [8, 4])
+    assert pixels[8].tolist() == [r * 8 + c for r in range(4) for c in range(4)]
+    assert pixels[4].tolist() == [0, 1, 4, 5]
+
+
+def test_fusing_one_lora_without_preservation_reproduces_its_outputs(model):
+    concept = Concept("dog")
+    prompts, embeddings, posterior, _ = _stage2_inputs(model, concept)
+    lora = train_concept_lora(model, concept, prompts, embeddings, posterior, None,
+                              LoRASettings(steps=3, learning_rate=1e-2), seed=0)  # fmt: skip
+    kv = {n: w.detach() for n, w in model.kv_weights().items()}
+    acc = FusionAccumulator({n: tuple(w.shape) for n, w in kv.items()})
+    acc.add(embeddings, lora)
+    d = model.embedding_dim
+    fused = acc.solve(kv, kv, torch.zeros(d, d, dtype=torch.float64), lamb=0.0)
+    rows = embeddings.reshape(-1, d).double()
+    for name, W in kv.items():
+        up, down = lora.factors[name]
+        want = rows @ (W.double() + up.double() @ down.double()).T
+        assert (rows @ fused[name].T - want).abs().max() < 1e-6 * want.abs().max()
+
+
+def test_mace_edit_replaces_exactly_the_kv_weights_and_round_trips(tiny_pipe, tiny_model, tmp_path):
+    concepts = ConceptSet.build(["dog"], preserve=["a red car"])
+    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    edit = MACE(**QUICK, export_loras=True).fit(tiny_model, concepts)
+    assert all(torch.equal(before[k], v) for k, v in tiny_pipe.unet.state_dict().items()), "fit must not modify"
+    assert set(edit.weights) == set(tiny_model.kv_weights())
+    assert all(not torch.equal(edit.weights[n], before[n]) for n in edit.weights)
+    assert edit.extras["mace/cfr_transform"].shape == (32, 32)
+    assert len([k for k in edit.extras if k.startswith("mace/lora/0/")]) == 2 * len(edit.weights)
+    loaded = Edit.load(edit.save(tmp_path / "mace.safetensors"))
+    loaded.apply(tiny_pipe)
+    assert all(torch.equal(tiny_pipe.unet.state_dict()[n], edit.weights[n]) for n in edit.weights)
+    loaded.remove(tiny_pipe)
+    assert all(torch.equal(before[k], v) for k, v in tiny_pipe.unet.state_dict().items())
+
+
+def test_mace_resumes_finished_concepts_from_its_work_dir(model, tmp_path, monkeypatch):
+    concepts = ConceptSet.build(["dog", "cat"])
+    params = dict(QUICK, work_dir=str(tmp_path / "work"))
+    first = MACE(**params).fit(model, concepts)
+    assert len(list((tmp_path / "work").glob("lora-*.safetensors"))) == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached concept was trained again")
+
+    monkeypatch.setattr("erasekit.methods.mace.train_concept_lora", no_training)
+    second = MACE(**params).fit(model, concepts)
+    assert all(torch.equal(first.weights[n], second.weights[n]) for n in first.weights)
+
+
+def test_mace_without_loras_is_the_stage1_edit(model):
+    concepts = ConceptSet.build(["dog"])
+    edit = MACE(**QUICK, lora=False).fit(model, concepts)
+    T = edit.extras["mace/cfr_transform"].double()
+    for name, W0 in model.kv_weights().items():
+        assert torch.allclose(edit.weights[name].double(), W0.detach().double() @ T, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"templates": 31}, "templates"),
+        ({"refine": False, "lora": False}, "both be false"),
+        ({"preset": "cifar"}, "preset"),
+        ({"mask_source": "world"}, "image_source"),
+        ({"mask_source": "grounded_sam"}, "gsam_detector"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"mask_threshold": 1.5}, "mask_threshold"),
+    ],
+)
+def test_bad_mace_params_are_one_line_config_errors(params, message):
+    with pytest.raises(ConfigError, match=message):
+        MACE(params)
+
+
+def test_mixed_kinds_need_an_explicit_preset():
+    concepts = ConceptSet.build([{"text": "dog"}, {"text": "Van Gogh", "kind": "style"}])
+    with pytest.raises(ConfigError, match=r"explicit params\.preset"):
+        resolve(MACEConfig(), concepts)
+    assert resolve(MACEConfig(preset="style"), concepts).preset == "style"
+
+
+def test_grounded_sam_refuses_missing_local_weights(tmp_path):
+    with pytest.raises(ModelLayoutError, match="not found"):
+        GroundedSAM(str(tmp_path / "dino"), str(tmp_path / "sam"))
