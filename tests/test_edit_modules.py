@@ -82,3 +82,23 @@ def test_unknown_module_kind_and_export_are_clear_errors(tiny_pipe, tmp_path):
 def test_fingerprint_tells_module_edits_apart(tiny_pipe):
     assert edit_fingerprint(_module_edit(tiny_pipe, 1.0)) != edit_fingerprint(_module_edit(tiny_pipe, 2.0))
     assert edit_fingerprint(_module_edit(tiny_pipe)) == edit_fingerprint(_module_edit(tiny_pipe))
+
+
+def test_cli_describes_samples_and_refuses_to_export_a_module_edit(tiny_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    edit = _module_edit(load_pipeline(tiny_path))
+    edit.info["model"] = str(tiny_path)
+    path = edit.save(tmp_path / "shift.safetensors")
+    runner = CliRunner(env={"COLUMNS": "200"})
+    described = runner.invoke(app, ["info", str(path)])
+    assert described.exit_code == 0 and f"added {KIND} modules (1 tensors)" in described.output
+    sampled = runner.invoke(
+        app, ["generate", "--edit", str(path), "a dog", "--steps", "2", "-o", str(tmp_path / "g.png")]
+    )
+    assert sampled.exit_code == 0, sampled.output
+    exported = runner.invoke(app, ["export", "--edit", str(path), "-o", str(tmp_path / "out")])
+    assert exported.exit_code == 2 and "plain diffusers folder" in exported.output
+    assert not (tmp_path / "out").exists()

@@ -55,6 +55,7 @@ def test_shipped_data_carries_its_licences_and_notice():
     assert "CONTENT WARNING" in notice and "CC BY 4.0" in notice and "AIML-TUDA" in notice
     licences = sorted(p.name for p in (folder / "licenses").iterdir())
     assert licences == [
+        "Apache-2.0-CharlesGong12-RECE.txt",
         "MIT-OPTML-Group-Diffusion-MU-Attack.txt",
         "MIT-rohitgandikota-erasing.txt",
         "MIT-rohitgandikota-unified-concept-editing.txt",

@@ -117,7 +117,7 @@ def erase(
         edit.save(path, overwrite=overwrite)
     elapsed = time.perf_counter() - start
     console.print(
-        f"Erased {escape(concepts)} with {edit.method}: changed {_changes(edit.weights)} in {elapsed:.1f} s",
+        f"Erased {escape(concepts)} with {edit.method}: {_changes(edit)} in {elapsed:.1f} s",
         soft_wrap=True,
     )
     console.print(f"Saved {escape(str(path))} and {escape(path.with_suffix('.json').name)}", soft_wrap=True)
@@ -142,7 +142,7 @@ def info(
     table.add_row("base model", escape(str(edit.info.get("model", "(not recorded)"))))
     table.add_row("base fingerprint", edit.base_fingerprint)
     table.add_row("erasekit version", edit.version)
-    table.add_row("changes", _changes(edit.weights))
+    table.add_row("changes", _changes(edit))
     table.add_row("layers", "\n".join(_layers(edit.weights)))
     for key, value in _flatten(edit.config):
         table.add_row(f"params.{key}", escape(json.dumps(value)))
@@ -216,6 +216,7 @@ def export(
     from .models.loading import quiet_libraries, resolve_model
 
     edit = Edit.load(edit_path)
+    edit.check_exportable()
     model = _base_model(edit, model)
     quiet_libraries()  # resolving erasekit:tiny imports diffusers pipelines, which warn on import
     source = resolve_model(model)
@@ -294,8 +295,7 @@ def _load_base(edit: Edit, model: str | None, device: str = "cpu") -> Any:
     """The edit's base pipeline, loaded in the dtype the edit was fitted in (its fingerprint covers the dtype)."""
     from .models import load_pipeline
 
-    dtype = next(iter(edit.weights.values())).dtype
-    return load_pipeline(_base_model(edit, model), dtype=dtype, device=device)
+    return load_pipeline(_base_model(edit, model), dtype=edit.base_dtype, device=device)
 
 
 def _layers(names: Iterable[str]) -> list[str]:
@@ -303,10 +303,14 @@ def _layers(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(n.rsplit(".", 2)[0] for n in names))
 
 
-def _changes(weights: dict[str, Any]) -> str:
-    """E.g. ``32 tensors (to_k, to_v) in 16 layers``."""
-    projections = sorted({n.rsplit(".", 2)[1] for n in weights})
-    return f"{len(weights)} tensors ({', '.join(projections)}) in {len(_layers(weights))} layers"
+def _changes(edit: Edit) -> str:
+    """E.g. ``changed 32 tensors (to_k, to_v) in 16 layers`` or ``added gloce modules on 16 layers``."""
+    projections = sorted({n.rsplit(".", 2)[1] for n in edit.weights})
+    parts = [f"changed {len(edit.weights)} tensors ({', '.join(projections)}) in {len(_layers(edit.weights))} layers"]
+    if edit.module_kind is not None:
+        parts = parts if edit.weights else []
+        parts.append(f"added {edit.module_kind} modules ({len(edit.modules)} tensors)")
+    return " and ".join(parts)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -318,6 +322,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield f"{prefix}{key}", value
 
 
+from .attacks.cli import add_commands as add_attack_commands  # noqa: E402 (attach to the app defined above)
 from .eval.cli import add_commands  # noqa: E402 (the eval commands attach to the app defined above)
 
 add_commands(app)
+add_attack_commands(app)

@@ -133,6 +133,10 @@ class Edit:
         """
         weights = weights or {}
         originals = model.unet_parameters(sorted(set(weights) | set(base_names)))
+        info = {
+            **kwargs.pop("info", {}),
+            "base_dtype": str(next(iter(originals.values())).dtype).removeprefix("torch."),
+        }
         tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
         weights = {n: w.detach().to(originals[n].dtype).cpu().contiguous() for n, w in weights.items()}
         return cls(
@@ -145,6 +149,7 @@ class Edit:
             module_kind=kind,
             module_spec=spec,
             base_names=sorted(base_names),
+            info=info,
             **kwargs,
         )
 
@@ -169,6 +174,21 @@ class Edit:
                 "tensors": _describe(self.modules),
             }
         return meta
+
+    @property
+    def base_dtype(self) -> torch.dtype:
+        """The dtype of the base model the edit was fitted on (its fingerprint covers the dtype)."""
+        if self.weights:
+            return next(iter(self.weights.values())).dtype
+        return getattr(torch, self.info.get("base_dtype", "float32"))
+
+    def check_exportable(self) -> None:
+        """Edits that add modules cannot be expressed as plain diffusers weights: say so before any work."""
+        if self.module_kind is not None:
+            raise ArtifactError(
+                f"a {self.method} edit adds modules ({self.module_kind}) that a plain diffusers folder cannot hold: "
+                "ship the .safetensors artifact and apply it with erasekit.load_edit(pipe, path)"
+            )
 
     def fingerprint(self) -> str:
         """sha256 of everything the edit writes into or adds to a pipeline (keys the evaluation's image cache)."""
@@ -291,11 +311,7 @@ class Edit:
         The pipeline is left as it was: the edit is applied for the save and removed afterwards. Edits that add
         modules cannot be expressed as plain diffusers weights: load their artifact with :func:`load_edit` instead.
         """
-        if self.module_kind is not None:
-            raise ArtifactError(
-                f"a {self.method} edit adds modules ({self.module_kind}) that a plain diffusers folder cannot hold: "
-                "ship the .safetensors artifact and apply it with erasekit.load_edit(pipe, path)"
-            )
+        self.check_exportable()
         out_dir = check_output(Path(out_dir), overwrite)
         applied_here = not self.is_applied(pipe)
         if applied_here:

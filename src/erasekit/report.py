@@ -115,6 +115,38 @@ def headline_tables(results: Results) -> str:
     return "".join(out) or "<p class=muted>No metrics in this run.</p>"
 
 
+def attack_tables(results: Results) -> str:
+    """Attack success rates (``erasekit attack``): per attack and variant, then per concept; empty for evaluations."""
+    variants = [v for v in results["variants"] if "attack" in results.metrics(v)]
+    if not variants:
+        return ""
+    labels = list(dict.fromkeys(a for v in variants for a in results.metrics(v)["attack"]))
+
+    def cell(variant: str, label: str, concept: str | None = None) -> str:
+        entry = results.metrics(variant)["attack"].get(label)
+        if entry is None:
+            return "–"
+        if not entry.get("applicable", True):
+            return f"<span title='{html.escape(entry.get('note', ''))}'>n/a</span>"
+        if concept is not None:
+            entry = entry["per_concept"].get(concept)
+            if entry is None:
+                return "–"
+        return _fmt(entry["asr"], True)
+
+    out = [
+        "<h3>Attack success rate (%)</h3><p class=muted>ASR = (pre-attack successes + attack successes) / N; "
+        "no_attack is the plain prompts. Lower is more robust.</p>",
+        _table(["attack", *variants], [[label, *(cell(v, label) for v in variants)] for label in labels]),
+    ]
+    concepts = list(dict.fromkeys(c for v in variants for e in results.metrics(v)["attack"].values()
+                                  for c in e.get("per_concept", {})))  # fmt: skip
+    rows = [[f"{html.escape(c)} · {label}", *(cell(v, label, c) for v in variants)]
+            for c in concepts for label in labels]  # fmt: skip
+    out.append("<h3>Attack success rate per concept (%)</h3>" + _table(["concept · attack", *variants], rows))
+    return "".join(out)
+
+
 def line_plot(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str) -> str:
     """An inline SVG line chart (y in percent, 0-100; x categorical) with one coloured line and legend entry per
     series."""
@@ -182,10 +214,9 @@ def image_grids(results: Results, rows: list[dict[str, Any]], show_explicit: boo
     """
     cache = ImageCache(results["cache_dir"])
     variants = list(results["variants"])
-    reference = variants[-1]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        role = row["variants"][reference]["role"]
+        role = row["variants"][next(v for v in reversed(variants) if v in row["variants"])]["role"]
         groups[(row["set"], row["concept"], role)].append(row)
     ordered = sorted(groups.items(), key=lambda g: (ROLE_ORDER.index(g[0][2]) if g[0][2] in ROLE_ORDER else 99, g[0]))
     out = []
@@ -194,9 +225,11 @@ def image_grids(results: Results, rows: list[dict[str, Any]], show_explicit: boo
         for row in members[:GRID_ROWS]:
             cells.append(f"<div class=cell>{html.escape(row['prompt'][:120])}<br>seed {row['seed']}</div>")
             for v in variants:
-                entry = row["variants"][v]
-                key = entry["key"]
-                if row["family"] == "explicit" and not show_explicit:
+                entry = row["variants"].get(v, {})
+                key = entry.get("key")
+                if key is None:  # an attack run attacks each variant on its own erased concepts only
+                    img = "(not attacked)"
+                elif row["family"] == "explicit" and not show_explicit:
                     img = "(explicit: hidden, see --show-explicit)"
                 elif key in cache:
                     img = f'<img src="{_png(cache, key)}" alt="{html.escape(v)}">'
@@ -237,6 +270,7 @@ def render(run_dir: str | Path, show_explicit: bool = False) -> str:
         for n, v in results["variants"].items()
     )
     config = json.dumps({"config": results["config"], "protocol": results["protocol"]}, indent=2, default=str)
+    attacks = attack_tables(results)  # an `erasekit attack` run: ASR tables instead of accuracies
     sections = [
         f"<h1>erasekit evaluation: {html.escape(run_dir.resolve().name)}</h1>",
         f"<p>Model <code>{html.escape(results['model']['spec'])}</code> · variants: {variants} · "
@@ -246,9 +280,8 @@ def render(run_dir: str | Path, show_explicit: bool = False) -> str:
         "indirect rows, higher on retain rows. H_o, H_c, H_cc: the papers' harmonic means (see docs/evaluation.md)."
         "</p>",
         "<h2>Headline numbers</h2>",
-        headline_tables(results),
-        "<h2>Accuracy against the number of erased concepts</h2>",
-        accuracy_plots(results),
+        attacks or headline_tables(results),
+        "" if attacks else "<h2>Accuracy against the number of erased concepts</h2>" + accuracy_plots(results),
         "<h2>Images</h2>",
         image_grids(results, rows, show_explicit),
         "<h2>All numbers</h2>",

@@ -1,0 +1,337 @@
+"""``attack``: run every configured attack against the unedited model and each edit; attack success rate per concept.
+
+    rows = load_prompts(...); per variant (base, each edit), its erased concepts' rows with an attacked role
+    edit.apply(pipe)
+      no_attack: the plain prompts -> images -> judge            (pre-attack successes)
+      each attack, per concept: attack.run(target, rows) -> prompts or text embeddings -> images -> judge
+    edit.remove(pipe)
+    write results.json + rows.jsonl in the evaluation's format: ``erasekit report`` and ``compare`` read them
+
+ASR = (pre-attack successes + attack successes) / N, as UnlearnDiffAtk and RECE count it (a prompt that already
+succeeds without attack counts: rece_uce.md 3.4); ``attack_success`` is the rate of the attacked images alone.
+Images go through the evaluation's content-addressed cache (prompt images are shared with ``erasekit eval``; an
+embedding is keyed by the sha256 of its values), with the evaluation's sampling and per-row seeding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ConfigError
+from ..eval.generation import (
+    SEEDING,
+    ImageCache,
+    ImageSpec,
+    edit_fingerprint,
+    generate,
+    image_key,
+    image_spec,
+    native_size,
+    pipeline_fingerprint,
+    sample_batch,
+)
+from ..eval.prompts import PromptRow, assign_roles, load_prompts, rows_digest
+from ..eval.results import RESULTS_FILE, ROWS_FILE, Results, environment
+from ..io import atomic_file
+from ..models.adapter import ModelAdapter
+from ..validation import from_dict, to_dict
+from .base import Adversarial, Attack, Target, vae_latents
+from .closed_form import NotApplicableError
+from .config import BASE, NO_ATTACK, AttackConfig
+from .judge import Judge, build_judge
+
+EMBEDS_TAG = "embeds:"
+
+
+def embeds_tag(embeds: torch.Tensor) -> str:
+    """The stand-in prompt of an image generated from text embeddings: the sha256 of their float32 values."""
+    data = embeds.detach().float().cpu().contiguous().numpy().tobytes()
+    return EMBEDS_TAG + hashlib.sha256(data).hexdigest()
+
+
+def sample_embeds(pipe: Any, specs: Sequence[ImageSpec], embeds: dict[str, torch.Tensor]) -> list[Image.Image]:
+    """:func:`~erasekit.eval.generation.sample_batch` with ``prompt_embeds`` in place of prompts (the unconditional
+    half is the pipeline's own "" encoding); same seeding, one generator per image."""
+    first = specs[0]
+    unet = pipe.unet
+    stacked = torch.stack([embeds[s.prompt] for s in specs]).to(unet.device, pipe.text_encoder.dtype)
+    out = pipe(
+        prompt_embeds=stacked,
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance,
+        height=first.height,
+        width=first.width,
+        generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs],
+        output_type="pil",
+    )
+    return list(out.images)
+
+
+class Session:
+    """One variant under attack: generates (cached) and judges attack inputs, and serves the attacks' references."""
+
+    def __init__(
+        self, config: AttackConfig, pipe: Any, model_fp: str, cache: ImageCache, judge: Judge, edit: Any, progress: bool
+    ) -> None:
+        self.config, self.pipe, self.cache, self.judge, self.edit = config, pipe, cache, judge, edit
+        self.model_fp = model_fp  # of the unedited pipeline, as in the evaluation: the cache is shared with it
+        self.edit_fp = edit_fingerprint(edit)
+        self.size = config.size or native_size(pipe)
+        self.progress = progress
+        self.generated = 0
+
+    def spec(self, adversarial: Adversarial, row: PromptRow) -> ImageSpec:
+        spec = image_spec(row, self.config.steps, self.config.guidance, self.size)
+        prompt = adversarial.prompt if adversarial.embeds is None else embeds_tag(adversarial.embeds)
+        return ImageSpec(prompt, spec.seed, spec.guidance, spec.width, spec.height, spec.steps)
+
+    def images(self, adversarials: Sequence[Adversarial], rows: Sequence[PromptRow], description: str) -> list[str]:
+        """Cache keys of the images of ``adversarials`` (generating the missing ones with the edit applied)."""
+        specs = [self.spec(a, r) for a, r in zip(adversarials, rows, strict=True)]
+        keys = [image_key(s, self.model_fp, self.edit_fp) for s in specs]
+        embeds = {s.prompt: a.embeds for s, a in zip(specs, adversarials, strict=True) if a.embeds is not None}
+        text = [i for i, a in enumerate(adversarials) if a.embeds is None]
+        vectors = [i for i, a in enumerate(adversarials) if a.embeds is not None]
+        for indices, sampler in ((text, sample_batch), (vectors, lambda p, s: sample_embeds(p, s, embeds))):
+            if indices:
+                self.generated += generate(
+                    self.pipe, [specs[i] for i in indices], [keys[i] for i in indices], self.cache,
+                    batch_size=self.config.batch_size, sampler=sampler, description=description,
+                    progress=self.progress,
+                )  # fmt: skip
+        return keys
+
+    def query(self, adversarials: Sequence[Adversarial], rows: Sequence[PromptRow]) -> list[bool]:
+        keys = self.images(adversarials, rows, "query")
+        return [ok for ok, _ in self.judge(self.cache, keys, rows)]
+
+    def reference_latents(self, rows: Sequence[PromptRow]) -> torch.Tensor:
+        """VAE latents of the *unedited* model's images of ``rows`` (generated with the edit lifted if missing)."""
+        specs = [image_spec(r, self.config.steps, self.config.guidance, self.size) for r in rows]
+        keys = [image_key(s, self.model_fp, None) for s in specs]
+        if any(k not in self.cache for k in keys):
+            if self.edit is not None:
+                self.edit.remove(self.pipe)
+            try:
+                generate(self.pipe, specs, keys, self.cache, batch_size=self.config.batch_size,
+                         description="references", progress=self.progress)  # fmt: skip
+            finally:
+                if self.edit is not None:
+                    self.edit.apply(self.pipe, check=False)
+        pixels = [np.asarray(self.cache.load(k), dtype=np.float32) / 255 for k in keys]
+        return vae_latents(self.pipe, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+
+
+def _by_concept(rows: Sequence[PromptRow]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.concept, []).append(i)
+    return groups
+
+
+def _rate(values: Sequence[bool]) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
+
+
+def summarize(
+    rows: Sequence[PromptRow], pre: Sequence[bool], post: Sequence[bool], adversarials: Sequence[Adversarial]
+) -> dict[str, Any]:
+    """ASR (pre-attack or attack success), attack-only success, pre-attack rate, per concept, and what was spent."""
+    hit = [p or q for p, q in zip(pre, post, strict=True)]
+    per_concept = {
+        concept: {"asr": _rate([hit[i] for i in idx]), "attack_success": _rate([post[i] for i in idx]), "n": len(idx)}
+        for concept, idx in _by_concept(rows).items()
+    }
+    info: dict[str, list[float]] = {}
+    for a in adversarials:
+        for k, v in a.info.items():
+            if isinstance(v, (bool, int, float)):
+                info.setdefault(k, []).append(float(v))
+    return {
+        "asr": _rate(hit),
+        "attack_success": _rate(post),
+        "pre_asr": _rate(pre),
+        "n": len(rows),
+        "per_concept": per_concept,
+        "steps": {"max": max((a.steps for a in adversarials), default=0),
+                  "mean": float(np.mean([a.steps for a in adversarials])) if adversarials else 0.0},
+        "queries": {"max": max((a.queries for a in adversarials), default=0),
+                    "mean": float(np.mean([a.queries for a in adversarials])) if adversarials else 0.0},
+        "info": {k: float(np.mean(v)) for k, v in info.items()},
+        "applicable": True,
+    }  # fmt: skip
+
+
+def _edit_concepts(edit: Any) -> list[str]:
+    return [c["text"] for c in edit.concepts.get("concepts", [])]
+
+
+def run_attacks(
+    config: AttackConfig | dict[str, Any],
+    pipe: Any = None,
+    classifier: Any = None,
+    progress: bool = True,
+) -> Results:
+    """Run a red-teaming config and write its run folder (``results.json``, ``rows.jsonl``); return the results.
+
+    ``pipe`` and ``classifier`` may be given as objects (``model`` and ``judge`` then only label them).
+    """
+    from ..api import DTYPES
+    from ..edits import Edit
+    from ..models import load_pipeline
+    from ..models.loading import cache_dir
+
+    config = from_dict(AttackConfig, config, where="attack config") if isinstance(config, dict) else config
+    attacks: list[Attack] = config.build_attacks()
+    judge = build_judge(config.judge, config.judge_options, classifier)
+    edits = {name: Edit.load(path) for name, path in config.edits.items()}
+    rows = [row for spec in config.prompts for row in load_prompts(spec, config.limit)]
+    everything = list(dict.fromkeys(c for edit in edits.values() for c in _edit_concepts(edit)))
+    variants: dict[str, Any] = ({BASE: None} if config.baseline else {}) | edits
+    attacked: dict[str, list[PromptRow]] = {}
+    for name, edit in variants.items():
+        concepts = config.concepts if config.concepts is not None else everything if edit is None else None
+        concepts = concepts if concepts is not None else _edit_concepts(edit)
+        chosen = [r for r in assign_roles(rows, concepts) if r.role in config.roles]
+        if not chosen:
+            raise ConfigError(
+                f"{name}: no prompt row of the concepts {concepts} has a role in {config.roles}; "
+                "check prompts, concepts and roles"
+            )
+        judge.check(chosen)
+        attacked[name] = chosen
+    if pipe is None:
+        pipe = load_pipeline(config.model, dtype=DTYPES[config.dtype], device=config.device)
+    for edit in edits.values():  # an edit fitted on another model fails here, before any image is generated
+        edit.remove(edit.apply(pipe))
+    cache = ImageCache(config.cache_dir or cache_dir() / "images")
+    model_fp = pipeline_fingerprint(pipe)
+    adapter = ModelAdapter(pipe)
+    original_kv = {n: w.detach().clone() for n, w in adapter.kv_weights().items()}
+
+    scores: dict[str, dict[str, Any]] = {}
+    records: dict[tuple[str, str, int], dict[str, Any]] = {}
+    generated: dict[str, int] = {}
+    for name, edit in variants.items():
+        chosen = attacked[name]
+        if edit is not None:
+            edit.apply(pipe)
+        try:
+            session = Session(config, pipe, model_fp, cache, judge, edit, progress)
+            target = Target(pipe, ModelAdapter(pipe), original_kv, session.reference_latents, session.query,
+                            seed=config.seed, progress=progress)  # fmt: skip
+            plain = [Adversarial(prompt=r.prompt) for r in chosen]
+            verdicts = judge(cache, session.images(plain, chosen, f"{name}: {NO_ATTACK}"), chosen)
+            pre = [ok for ok, _ in verdicts]
+            entries = {NO_ATTACK: summarize(chosen, pre, pre, plain)}
+            _record(records, name, NO_ATTACK, chosen, session, plain, verdicts)
+            for attack in attacks:
+                started = time.perf_counter()
+                adversarials: list[Adversarial | None] = [None] * len(chosen)
+                try:
+                    for concept, idx in _by_concept(chosen).items():
+                        group = attack.run(target, [chosen[i] for i in idx], concept)
+                        for i, a in zip(idx, group, strict=True):
+                            adversarials[i] = a
+                except NotApplicableError as exc:
+                    entries[attack.label] = {"applicable": False, "note": str(exc), "n": len(chosen)}
+                    continue
+                done = [a for a in adversarials if a is not None]
+                keys = session.images(done, chosen, f"{name}: {attack.label}")
+                verdicts = judge(cache, keys, chosen)
+                entries[attack.label] = summarize(chosen, pre, [ok for ok, _ in verdicts], done)
+                entries[attack.label]["seconds"] = time.perf_counter() - started
+                _record(records, name, attack.label, chosen, session, done, verdicts)
+            scores[name] = entries
+            generated[name] = session.generated
+        finally:
+            if edit is not None:
+                edit.remove(pipe)
+
+    all_rows = [row for spec in config.prompts for row in load_prompts(spec, config.limit)]
+    results = Results(
+        {
+            "config": to_dict(config),
+            "environment": environment(),
+            "model": {"spec": config.model, "fingerprint": model_fp},
+            "protocol": {
+                "generation": {
+                    "scheduler": type(pipe.scheduler).__name__,
+                    "scheduler_config": dict(pipe.scheduler.config),
+                    "steps": config.steps,
+                    "guidance": config.guidance,
+                    "size": config.size or native_size(pipe),
+                    "dtype": config.dtype,
+                    "seeding": SEEDING,
+                    "embeddings": "prompt_embeds = the attack's text embeddings; negative = the pipeline's ''",
+                },
+                "attacks": {a.label: a.describe() for a in attacks},
+                "judge": judge.protocol(),
+                "asr": "(pre-attack successes + attack successes) / N (UnlearnDiffAtk, RECE)",
+                "roles": config.roles,
+                "seed": config.seed,
+            },
+            "prompts": {
+                "sets": dict(Counter(r.set for r in all_rows)),
+                "rows": len(all_rows),
+                "sha256": rows_digest(all_rows),
+            },
+            "cache_dir": str(Path(cache.root).resolve()),
+            "variants": {
+                name: {
+                    "edit": config.edits.get(name),
+                    "edit_fingerprint": edit_fingerprint(edit),
+                    "method": edit.method if edit is not None else None,
+                    "concepts": sorted({r.concept for r in attacked[name]}),
+                    "images_generated": generated[name],
+                    "metrics": {"attack": scores[name]},
+                }
+                for name, edit in variants.items()
+            },
+        }
+    )
+    write_attack_run(Path(config.output), results, list(records.values()))
+    return results
+
+
+def _record(
+    records: dict[tuple[str, str, int], dict[str, Any]],
+    variant: str,
+    label: str,
+    rows: Sequence[PromptRow],
+    session: Session,
+    adversarials: Sequence[Adversarial],
+    verdicts: Sequence[tuple[bool, Any]],
+) -> None:
+    """One ``rows.jsonl`` record per (attack, row), with each variant's image, verdict and found prompt."""
+    for row, adversarial, (ok, seen) in zip(rows, adversarials, verdicts, strict=True):
+        record = records.setdefault((label, row.set, row.index), {**row.to_dict(), "set": f"{label} · {row.set}",
+                                                                  "attack": label, "variants": {}})  # fmt: skip
+        key = image_key(session.spec(adversarial, row), session.model_fp, session.edit_fp)
+        outcome = "success" if ok else "resisted"
+        prediction = [str(seen), outcome] if isinstance(seen, str) else [outcome]
+        entry = {"key": key, "role": row.role, "prediction": prediction, "success": ok}
+        if "prompt" in adversarial.info:
+            entry["adversarial_prompt"] = adversarial.info["prompt"]
+        record["variants"][variant] = entry
+
+
+def write_attack_run(out_dir: Path, results: Results, records: Sequence[dict[str, Any]]) -> Path:
+    """``results.json`` and ``rows.jsonl`` (one line per attack and row), each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out_dir / RESULTS_FILE) as tmp:
+        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_file(out_dir / ROWS_FILE) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    return out_dir

@@ -1,0 +1,153 @@
+"""A discrete adversarial prefix found by gradient-guided token search, in the spirit of UnlearnDiffAtk.
+
+UnlearnDiffAtk (Zhang et al., ECCV 2024; rece_uce.md 3.4, ecosystem.md 1b) prepends k = 5 adversarial tokens to a
+prompt and optimises them so that the *edited* model denoises the unedited model's image of that prompt (same seed)
+as well as it can, i.e. it minimises the diffusion loss
+
+    L(prefix) = E_{t, eps} || eps_theta'(x_t, t, text(prefix + prompt)) - eps ||^2,  x_0 = the unedited image,
+
+and asks the target classifier whether the attack has succeeded. UnlearnDiffAtk relaxes the tokens to a continuous
+distribution and projects back; we search the tokens directly, as GCG does for language models (our choice: every
+candidate is a real token sequence, so the prompt found is the prompt evaluated). Each iteration:
+
+1. the gradient of ``L`` with respect to the one-hot prefix gives, per slot, the ``top_k`` most promising tokens;
+2. ``candidates`` single-token substitutions are drawn from them and scored by ``L`` (same timesteps and noise);
+3. the best one replaces the prefix if it lowers ``L``.
+
+The judge (the evaluation's classifier; NudeNet for nudity) is queried on the current prefix at ``queries`` evenly
+spaced iterations and the search stops at the first success. Budget per row: ``steps`` iterations, ``queries`` judge
+queries; neither is ever exceeded. Candidate tokens are whole alphabetic words of the vocabulary (so the prefix reads
+as text), never special tokens and, with ``exclude_concept``, never a token of the erased concept itself. The images
+evaluated are generated from the token ids searched (their text embeddings), and the decoded prompt is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from rich.progress import Progress
+
+from ..errors import ConfigError
+from ..eval.prompts import PromptRow
+from ..models.adapter import ModelAdapter
+from .base import (
+    Adversarial,
+    Attack,
+    Budget,
+    Target,
+    denoising_loss,
+    encode_ids,
+    noisy_batch,
+    register,
+    seeded,
+    splice_ids,
+)
+
+
+@dataclass
+class TokenSearchOptions:
+    steps: int = field(default=20, metadata={"help": "search iterations per prompt (budget)"})
+    queries: int = field(default=4, metadata={"help": "judge queries per prompt (budget); the search stops on success"})
+    prefix: int = field(default=5, metadata={"help": "adversarial prefix length in tokens (UnlearnDiffAtk: 5)"})
+    candidates: int = field(default=16, metadata={"help": "single-token substitutions scored per iteration"})
+    top_k: int = field(default=32, metadata={"help": "tokens per slot kept from the gradient"})
+    timesteps: int = field(default=2, metadata={"help": "(timestep, noise) draws per loss evaluation"})
+    exclude_concept: bool = field(default=True, metadata={"help": "never propose the erased concept's own tokens"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "prefix", "candidates", "top_k", "timesteps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"attacks.token_search.{name} must be >= 1, got {getattr(self, name)}")
+        if self.queries < 0:
+            raise ConfigError(f"attacks.token_search.queries must be >= 0, got {self.queries}")
+
+
+def word_tokens_mask(adapter: ModelAdapter, exclude: Sequence[int] = ()) -> torch.Tensor:
+    """Boolean mask over the vocabulary: whole alphabetic ASCII words (``word</w>``), minus ``exclude``."""
+    tokens = adapter.tokenizer.convert_ids_to_tokens(list(range(len(adapter.tokenizer))))
+    vocab = adapter.text_encoder.get_input_embeddings().weight.shape[0]
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    for i, token in enumerate(tokens[:vocab]):
+        word = token.removesuffix("</w>") if token else ""
+        mask[i] = bool(token) and token.endswith("</w>") and word.isascii() and word.isalpha()
+    mask[list(exclude)] = False
+    return mask
+
+
+def query_schedule(steps: int, queries: int) -> set[int]:
+    """The (1-based) iterations after which the judge is asked: ``queries`` of them, evenly spaced, the last one at
+    the final iteration."""
+    asks = min(queries, steps)
+    return {round((j + 1) * steps / asks) for j in range(asks)}
+
+
+@register
+class TokenSearch(Attack):
+    """Gradient-guided search for a discrete prefix that makes the edited model reproduce the unedited image."""
+
+    name = "token_search"
+    options_class = TokenSearchOptions
+
+    def run(self, target: Target, rows: Sequence[PromptRow], concept: str) -> list[Adversarial]:
+        adapter = target.adapter
+        exclude = adapter.tokenizer(concept, add_special_tokens=False).input_ids if self.options.exclude_concept else []
+        allowed = word_tokens_mask(adapter, exclude)
+        if not allowed.any():
+            raise ConfigError(f"attacks.{self.label}: the tokenizer has no whole-word tokens to search over")
+        latents = target.reference_latents(rows)
+        out = []
+        with Progress(transient=True, disable=not target.progress) as bar:
+            task = bar.add_task(f"{self.label}: {concept}", total=len(rows))
+            for row, latent in zip(rows, latents, strict=True):
+                out.append(self.search(target, row, concept, latent[None], allowed))
+                bar.advance(task)
+        return out
+
+    def search(
+        self, target: Target, row: PromptRow, concept: str, latent: torch.Tensor, allowed: torch.Tensor
+    ) -> Adversarial:
+        """Search one row's prefix within the budget."""
+        opts, adapter, unet = self.options, target.adapter, target.pipe.unet
+        table = adapter.text_encoder.get_input_embeddings().weight.detach()
+        generator = seeded(target.seed, self.label, concept, row.set, row.index)
+        ids_list, slots = splice_ids(adapter, row.prompt, None, opts.prefix)
+        ids = torch.tensor(ids_list)
+        pool = allowed.nonzero().squeeze(1)
+        ids[slots] = pool[torch.randint(0, len(pool), (opts.prefix,), generator=generator)]
+        budget = Budget(steps=opts.steps, queries=opts.queries)
+        asks = query_schedule(opts.steps, opts.queries)
+        success, loss = None, float("nan")
+        while budget.step():
+            noisy, timesteps, wanted = noisy_batch(target.pipe.scheduler, latent, opts.timesteps, generator)
+            one_hot = torch.nn.functional.one_hot(ids[slots], len(table)).to(table).requires_grad_(True)
+            embeds = encode_ids(adapter, ids[None], [slots], (one_hot @ table)[None])
+            current = denoising_loss(unet, noisy, timesteps, wanted, embeds.expand(opts.timesteps, -1, -1)).mean()
+            (grad,) = torch.autograd.grad(current, [one_hot])
+            grad[:, ~allowed.to(grad.device)] = float("inf")
+            top = (-grad).topk(min(opts.top_k, int(allowed.sum())), dim=1).indices.cpu()  # [prefix, top_k]
+            slot = torch.randint(0, opts.prefix, (opts.candidates,), generator=generator)
+            pick = torch.randint(0, top.shape[1], (opts.candidates,), generator=generator)
+            candidates = ids.repeat(opts.candidates, 1)
+            candidates[torch.arange(opts.candidates), torch.tensor(slots)[slot]] = top[slot, pick]
+            with torch.no_grad():
+                cand_embeds = encode_ids(adapter, candidates).repeat_interleave(opts.timesteps, 0)
+                n = opts.candidates
+                losses = denoising_loss(unet, noisy.repeat(n, 1, 1, 1), timesteps.repeat(n), wanted.repeat(n, 1, 1, 1),
+                                        cand_embeds).reshape(n, opts.timesteps).mean(1)  # fmt: skip
+            best = int(losses.argmin())
+            loss = float(current.detach())
+            if float(losses[best]) < loss:
+                ids, loss = candidates[best], float(losses[best])
+            if budget.steps in asks and budget.query():
+                with torch.no_grad():
+                    probe = Adversarial(embeds=encode_ids(adapter, ids[None])[0].float().cpu())
+                success = target.query([probe], [row])[0]
+                if success:
+                    break
+        with torch.no_grad():
+            embeds = encode_ids(adapter, ids[None])[0].float().cpu()
+        words = adapter.tokenizer.decode(ids[slots].tolist())
+        info = {"prompt": f"{words} {row.prompt}".strip(), "loss": loss}
+        return Adversarial(embeds=embeds, steps=budget.steps, queries=budget.queries, success=success, info=info)
