@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
-from rich.progress import Progress
 
 from ..errors import ConfigError
 from ..eval.prompts import PromptRow
+from ..progress import progress_bar
 from .base import (
     Adversarial,
     Attack,
@@ -78,7 +78,7 @@ class Inversion(Attack):
         optimizer = torch.optim.Adam([word], lr=opts.lr)
         generator = seeded(target.seed, self.label, concept)
         budget, losses = Budget(steps=opts.steps), []
-        with Progress(transient=True, disable=not target.progress) as bar:
+        with progress_bar(target.progress) as bar:
             task = bar.add_task(f"{self.label}: {concept}", total=opts.steps)
             while budget.step():
                 pick = torch.randint(0, len(references), (opts.batch_size,), generator=generator)

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from rich.progress import Progress
 
 from ..errors import ConfigError
 from ..eval.prompts import PromptRow
 from ..models.adapter import ModelAdapter
+from ..progress import progress_bar
 from .base import (
     Adversarial,
     Attack,
@@ -98,7 +98,7 @@ class TokenSearch(Attack):
             raise ConfigError(f"attacks.{self.label}: the tokenizer has no whole-word tokens to search over")
         latents = target.reference_latents(rows)
         out = []
-        with Progress(transient=True, disable=not target.progress) as bar:
+        with progress_bar(target.progress) as bar:
             task = bar.add_task(f"{self.label}: {concept}", total=len(rows))
             for row, latent in zip(rows, latents, strict=True):
                 out.append(self.search(target, row, concept, latent[None], allowed))

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..edits import Edit
 from ..errors import ConfigError, EvaluationError
 from ..io import atomic_file
 from ..models.adapter import tensors_fingerprint
+from ..progress import progress_bar
 from .prompts import PromptRow
 
 SEEDING = "one CPU torch.Generator per image, manual_seed(row seed)"
@@ -163,8 +163,7 @@ def generate(
     for _, group in groupby(todo, key=lambda i: specs[i].batch_group):
         group = list(group)
         batches += [group[s : s + batch_size] for s in range(0, len(group), batch_size)]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(todo))
         for batch in batches:
             images = sampler(pipe, [specs[i] for i in batch])

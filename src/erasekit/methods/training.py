@@ -33,12 +33,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
 from ..concepts import ConceptSet
 from ..errors import ConfigError
 from ..io import atomic_file
 from ..models.adapter import ModelAdapter
+from ..progress import progress_bar
 from .base import guide_for
 
 NoiseModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -217,12 +218,6 @@ def objective_value(
         return sum(objective.loss(step_generator(seed, d)).item() for d in draws) / len(draws)
 
 
-def _progress(enabled: bool, description: str) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
-    return Progress(*columns, transient=True, disable=not enabled)
-
-
 def run_training(
     objective: NegativeGuidanceObjective,
     trainable: dict[str, torch.Tensor],
@@ -248,7 +243,7 @@ def run_training(
         optimizer.load_state_dict(state["optimizer"])
     step, losses, window = state["step"], list(state["losses"]), []
     resumed_from, t0 = step, time.perf_counter()
-    with _progress(cfg.progress, description) as bar:
+    with progress_bar(cfg.progress, TextColumn("loss {task.fields[loss]:.4f}")) as bar:
         task = bar.add_task(description, total=cfg.steps, completed=step, loss=float("nan"))
         while step < cfg.steps:
             loss = objective.loss(step_generator(cfg.seed, step))
