@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..eval.prompts import PromptRow
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
+from ..validation import check_at_least
 from .base import Adversarial, Attack, Target, register
 
 
@@ -87,8 +88,7 @@ class ClosedFormOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.lambda_reg <= 0:
-            raise ConfigError(f"attacks.closed_form.lambda_reg must be > 0, got {self.lambda_reg}")
+        check_at_least(self, "attacks.closed_form", 0, ("lambda_reg",), strict=True)
 
 
 @register

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..errors import ConfigError
 from ..eval.prompts import PromptRow
 from ..progress import progress_bar
+from ..validation import check_at_least
 from .base import (
     Adversarial,
     Attack,
@@ -50,11 +50,8 @@ class InversionOptions:
     reference_seed: int = field(default=100_000, metadata={"help": "seed of the first reference image"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "tokens", "references", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"attacks.inversion.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"attacks.inversion.lr must be > 0, got {self.lr}")
+        check_at_least(self, "attacks.inversion", 1, ("steps", "tokens", "references", "batch_size"))
+        check_at_least(self, "attacks.inversion", 0, ("lr",), strict=True)
 
 
 @register

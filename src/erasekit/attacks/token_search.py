@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..eval.prompts import PromptRow
 from ..models.adapter import ModelAdapter
 from ..progress import progress_bar
+from ..validation import check_at_least
 from .base import (
     Adversarial,
     Attack,
@@ -57,11 +58,8 @@ class TokenSearchOptions:
     exclude_concept: bool = field(default=True, metadata={"help": "never propose the erased concept's own tokens"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "prefix", "candidates", "top_k", "timesteps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"attacks.token_search.{name} must be >= 1, got {getattr(self, name)}")
-        if self.queries < 0:
-            raise ConfigError(f"attacks.token_search.queries must be >= 0, got {self.queries}")
+        check_at_least(self, "attacks.token_search", 1, ("steps", "prefix", "candidates", "top_k", "timesteps"))
+        check_at_least(self, "attacks.token_search", 0, ("queries",))
 
 
 def word_tokens_mask(adapter: ModelAdapter, exclude: Sequence[int] = ()) -> torch.Tensor:

@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..io import atomic_file
 from ..models.adapter import ModelAdapter
 from ..progress import progress_bar
+from ..validation import check_at_least
 from .base import guide_for
 
 NoiseModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,12 +90,8 @@ class TrainingConfig:
 
     def check(self, where: str) -> None:
         """Range checks shared by the subclasses (called from their ``__post_init__``)."""
-        for name in ("steps", "lr", "ddim_steps", "batch_size", "checkpoint_every"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{where}.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("negative_guidance", "start_guidance", "preserve_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+        check_at_least(self, where, 0, ("steps", "lr", "ddim_steps", "batch_size", "checkpoint_every"), strict=True)
+        check_at_least(self, where, 0, ("negative_guidance", "start_guidance", "preserve_weight"))
 
 
 def training_pairs(concepts: ConceptSet, cfg: TrainingConfig) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ from ..edits import Edit
 from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
-from ..validation import to_dict
+from ..validation import check_at_least, to_dict
 from .base import Method, guide_for
 
 TokenPolicy = Literal["uce_legacy", "uce_2025", "rece"]
@@ -70,12 +70,8 @@ class UCEConfig:
     edit_values: bool = field(default=True, metadata={"help": "edit attn2.to_v"})
 
     def __post_init__(self) -> None:
-        if self.lamb < 0:
-            raise ConfigError(f"uce params.lamb must be >= 0, got {self.lamb}")
-        if self.erase_scale <= 0:
-            raise ConfigError(f"uce params.erase_scale must be > 0, got {self.erase_scale}")
-        if self.preserve_scale is not None and self.preserve_scale < 0:
-            raise ConfigError(f"uce params.preserve_scale must be >= 0, got {self.preserve_scale}")
+        check_at_least(self, "uce params", 0, ("lamb", "preserve_scale"))
+        check_at_least(self, "uce params", 0, ("erase_scale",), strict=True)
         if not (self.edit_keys or self.edit_values):
             raise ConfigError("uce params: edit_keys and edit_values cannot both be false")
 

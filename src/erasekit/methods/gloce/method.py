@@ -32,7 +32,7 @@ from ...concepts import Concept, ConceptSet, normalize
 from ...edits import Edit
 from ...errors import ConfigError
 from ...models.adapter import ModelAdapter
-from ...validation import to_dict
+from ...validation import check_at_least, to_dict
 from ..base import Method
 from .core import (
     Calibration,
@@ -122,21 +122,30 @@ class GLoCEConfig:
 
         if self.template is not None and self.template.count("{}") != 1:
             raise bad(f"template must contain '{{}}' once, got {self.template!r}")
-        for name in ("n_anchors", "n_mapping", "n_tokens", "update_rank", "degen_rank", "gate_rank", "seeds",
-                     "steps", "batch_size"):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise bad(f"{name} must be >= 1, got {value}")
-        if self.thresh is not None and self.thresh <= 0:
-            raise bad(f"thresh must be > 0, got {self.thresh}")
+        check_at_least(
+            self,
+            "gloce params",
+            1,
+            (
+                "n_anchors",
+                "n_mapping",
+                "n_tokens",
+                "update_rank",
+                "degen_rank",
+                "gate_rank",
+                "seeds",
+                "steps",
+                "batch_size",
+            ),
+        )
+        check_at_least(self, "gloce params", 0, ("thresh",), strict=True)
         for name in ("collect_from", "collect_until", "active_from"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise bad(f"{name} must be in [0, 1] (a fraction of the trajectory), got {value}")
         if None not in (self.collect_from, self.collect_until) and self.collect_from >= self.collect_until:
             raise bad(f"collect_from ({self.collect_from}) must be < collect_until ({self.collect_until})")
-        if self.eta is not None and self.eta <= 0:
-            raise bad(f"eta must be > 0, got {self.eta}")
+        check_at_least(self, "gloce params", 0, ("eta",), strict=True)
         if not 0 <= self.min_gate < 0.5:
             raise bad(f"min_gate must be in [0, 0.5), got {self.min_gate}")
         if self.anchors is not None and not self.anchors:

@@ -30,7 +30,7 @@ from ...concepts import ConceptSet
 from ...edits import Edit
 from ...errors import ConfigError
 from ...models.adapter import ModelAdapter, tensors_fingerprint
-from ...validation import to_dict
+from ...validation import check_at_least, to_dict
 from ..base import Method
 from .fusion import FusionAccumulator
 from .lora import (
@@ -155,25 +155,28 @@ class MACEConfig:
             raise ConfigError(f"mace params.templates must be in 1..30, got {self.templates}")
         if not (self.refine or self.lora):
             raise ConfigError("mace params: refine and lora cannot both be false")
-        for name in ("lamb", "cfr_preserve_scale", "fuse_preserve_scale", "preserve_weight", "learning_rate",
-                     "weight_decay", "guidance"):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"mace params.{name} must be >= 0, got {value}")
-        for name in ("steps", "prior_captions"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"mace params.{name} must be >= 0, got {value}")
-        for name in ("rank", "images_per_concept", "image_steps", "image_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"mace params.{name} must be >= 1, got {value}")
+        check_at_least(
+            self,
+            "mace params",
+            0,
+            (
+                "lamb",
+                "cfr_preserve_scale",
+                "fuse_preserve_scale",
+                "preserve_weight",
+                "learning_rate",
+                "weight_decay",
+                "guidance",
+                "steps",
+                "prior_captions",
+            ),
+        )
+        check_at_least(self, "mace params", 1, ("rank", "images_per_concept", "image_steps", "image_size"))
         if not 0 < self.mask_threshold < 1:
             raise ConfigError(f"mace params.mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if not 0 <= self.cfis_t1 < self.cfis_t2 or self.cfis_gamma <= 0:
             raise ConfigError("mace params: CFIS needs 0 <= cfis_t1 < cfis_t2 and cfis_gamma > 0")
-        if self.max_grad_norm <= 0:
-            raise ConfigError(f"mace params.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        check_at_least(self, "mace params", 0, ("max_grad_norm",), strict=True)
         if self.mask_source == "world" and self.image_source != "world":
             raise ConfigError("mace params: mask_source 'world' gives exact masks only for image_source 'world'")
         if self.mask_source == "grounded_sam" and not (self.gsam_detector and self.gsam_segmenter):
