@@ -146,13 +146,14 @@ def _write_rows(task: Task, path: Path) -> Path:
     """The task's prompt rows (a subset of the shipped world set) as a CSV the evaluation reads."""
     from .prompts import prompt_set
 
+    if path.exists():
+        return path
     erased = {c["text"] for concepts in task.edits for c in concepts}
     rows = [row for row in prompt_set(task.prompt_set) if task.keep_rows(row, erased)]
-    if not path.exists():
-        with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     return path
 
 
@@ -197,7 +198,9 @@ def run_task(
     fit_seconds: list[float] = []
     for index, concepts in enumerate(task.edits):
         path = folder / f"edit-{index}.safetensors"
-        if not path.exists():
+        if path.exists():
+            info = Edit.load(path).info
+        else:
             torch.manual_seed(index)
             start = time.perf_counter()
             kept = _preserve(task, concepts, preserve)
@@ -205,7 +208,8 @@ def run_task(
             edit.info["fit_seconds"] = time.perf_counter() - start
             edit.info["model"] = "erasekit:world"
             edit.save(path)
-        fit_seconds.append(float(Edit.load(path).info.get("fit_seconds", float("nan"))))
+            info = edit.info
+        fit_seconds.append(float(info.get("fit_seconds", float("nan"))))
         edits[f"edit-{index}"] = str(path)
     config = EvalConfig(
         model="erasekit:world",
