@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..eval.api import check_run_settings
 from ..validation import from_yaml
 from . import closed_form, inversion, ringabell, token_search  # noqa: F401 (importing registers the attacks)
 from .base import ATTACKS, Attack, build_attack
@@ -32,7 +33,6 @@ from .base import ATTACKS, Attack, build_attack
 ATTACKABLE_ROLES = ("erase", "synonym", "indirect")
 DEFAULT_ATTACKS: dict[str, dict[str, Any]] = {"closed_form": {}, "ringabell": {}, "inversion": {}, "token_search": {}}
 __all__ = ["ATTACKABLE_ROLES", "ATTACKS", "DEFAULT_ATTACKS", "AttackConfig", "build_attack"]
-BASE = "base"
 NO_ATTACK = "no_attack"
 
 
@@ -61,24 +61,14 @@ class AttackConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ConfigError("prompts: name at least one prompt set (a CSV path, a built-in set or world:<name>)")
+        check_run_settings(self, "attack")
         if not self.attacks:
             raise ConfigError(f"attacks: name at least one attack ({', '.join(DEFAULT_ATTACKS)})")
         if NO_ATTACK in self.attacks:
             raise ConfigError(f"attacks: '{NO_ATTACK}' is reserved for the plain prompts; name the attack otherwise")
-        if not self.baseline and not self.edits:
-            raise ConfigError("nothing to attack: baseline is false and no edits are given")
-        if BASE in self.edits:
-            raise ConfigError(f"edits: '{BASE}' is reserved for the unedited model; name the edit otherwise")
         for role in self.roles:
             if role not in ATTACKABLE_ROLES:
                 raise ConfigError(f"roles: '{role}' cannot be attacked; choose from {', '.join(ATTACKABLE_ROLES)}")
-        for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("limit", self.limit or 1)):
-            if value < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {value}")
-        if self.size is not None and (self.size <= 0 or self.size % 8):
-            raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
         self.build_attacks()
 
     def build_attacks(self) -> list[Attack]:

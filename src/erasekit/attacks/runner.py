@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
+from ..eval.api import BASE
 from ..eval.generation import (
     SEEDING,
     ImageCache,
@@ -47,7 +48,7 @@ from ..models.adapter import ModelAdapter
 from ..validation import from_dict, to_dict
 from .base import Adversarial, Attack, Target, vae_latents
 from .closed_form import NotApplicableError
-from .config import BASE, NO_ATTACK, AttackConfig
+from .config import NO_ATTACK, AttackConfig
 from .judge import Judge, build_judge
 
 EMBEDS_TAG = "embeds:"

@@ -45,6 +45,21 @@ from .results import Results, environment, write_run
 BASE = "base"
 
 
+def check_run_settings(config: Any, verb: str) -> None:
+    """The checks every run that samples prompt sets with and without edits shares (evaluations, attacks)."""
+    if not config.prompts:
+        raise ConfigError("prompts: name at least one prompt set (a CSV path, a built-in set or world:<name>)")
+    if not config.baseline and not config.edits:
+        raise ConfigError(f"nothing to {verb}: baseline is false and no edits are given")
+    if BASE in config.edits:
+        raise ConfigError(f"edits: '{BASE}' is reserved for the unedited model; name the edit otherwise")
+    for name, value in (("steps", config.steps), ("batch_size", config.batch_size), ("limit", config.limit or 1)):
+        if value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if config.size is not None and (config.size <= 0 or config.size % 8):
+        raise ConfigError(f"size: must be a positive multiple of 8, got {config.size}")
+
+
 @dataclass
 class EvalConfig:
     """An evaluation as written in YAML; every field is validated before any model is loaded."""
@@ -69,23 +84,13 @@ class EvalConfig:
     wait_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ConfigError("prompts: name at least one prompt set (a CSV path, a built-in set or world:<name>)")
-        if not self.baseline and not self.edits:
-            raise ConfigError("nothing to evaluate: baseline is false and no edits are given")
-        if BASE in self.edits:
-            raise ConfigError(f"edits: '{BASE}' is reserved for the unedited model; name the edit otherwise")
+        check_run_settings(self, "evaluate")
         for name in self.metrics:
             if name not in METRICS:
                 raise ConfigError(f"metrics: unknown metric '{name}'; available: {', '.join(METRICS)}")
         for name in self.metric_options:
             if name not in self.metrics:
                 raise ConfigError(f"metric_options.{name}: '{name}' is not in metrics")
-        for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("limit", self.limit or 1)):
-            if value < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {value}")
-        if self.size is not None and (self.size <= 0 or self.size % 8):
-            raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EvalConfig:
