@@ -58,11 +58,8 @@ DEFAULT_METHODS = ("uce", "rece", "mace", "gloce", "dumo")
 
 
 def default_params() -> dict[str, dict[str, Any]]:
-    """The methods' own settings for the world where their defaults are SD's (``--params`` overrides them)."""
-    import importlib
-
-    dumo = importlib.import_module("erasekit.methods.dumo") if "dumo" in METHODS else None
-    return {"mace": {"preset": "world"}, "dumo": dict(getattr(dumo, "WORLD_PARAMS", {}))}
+    """The methods' world presets where their defaults are SD's (``--params`` overrides them)."""
+    return {"mace": {"preset": "world"}, "dumo": {"preset": "world"}}
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -49,8 +49,6 @@ from erasekit.concepts import ConceptSet
 from erasekit.edits import Edit
 from erasekit.methods import ESD, DuMo
 from erasekit.methods.dumo import KIND, DuMoNetwork, base_names
-from erasekit.methods.dumo import WORLD_PARAMS as DUMO_WORLD
-from erasekit.methods.esd import WORLD_PARAMS as ESD_WORLD
 from erasekit.models import ModelAdapter, load_pipeline
 from erasekit.models.loading import quiet_libraries
 
@@ -58,9 +56,9 @@ TRAJECTORY_DEPTH = {"world": 20, "sd15": 50}  # DDIM steps of the trajectory in 
 ERASURE_TASKS = ("explicit", "style", "object")
 ERASURE_METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "uce": ("uce", None),
-    "esd-x": ("esd", {**ESD_WORLD, "train_method": "x"}),
-    "esd-u": ("esd", {**ESD_WORLD, "train_method": "u"}),
-    "dumo": ("dumo", DUMO_WORLD),
+    "esd-x": ("esd", {"preset": "world", "train_method": "x"}),
+    "esd-u": ("esd", {"preset": "world", "train_method": "u"}),
+    "dumo": ("dumo", {"preset": "world"}),
 }
 
 

@@ -1,7 +1,7 @@
 """Images per second of evaluation: generation (fresh and resumed from the cache) and each metric, on the CPU.
 
 Runs on the benchmark world (its pipeline, its ``objects`` prompts and its classifiers) when it is installed with a
-trained pipeline, otherwise on the tiny random pipeline (``erasekit.testing``) with synthetic object prompts and the
+trained pipeline, otherwise on the tiny random pipeline (``erasekit:tiny``) with synthetic object prompts and the
 pixel stand-in classifier. The unedited model and a UCE edit of one concept are both generated, so paired metrics
 (LPIPS, FID/KID against the base) have their reference. CLIP and LPIPS run on random-weight stand-ins of the real
 architectures' code paths (``erasekit.eval.testing``): their speed here says nothing about ViT-B/32 or AlexNet.
@@ -69,7 +69,7 @@ def world_setup(
 
 
 def tiny_setup(n_rows: int, folder: Path) -> tuple[Any, list[PromptRow], Any, dict[str, Any]]:
-    from erasekit.testing import tiny_pipeline
+    from erasekit.models.tiny import tiny_pipeline
 
     pipe = load_pipeline(tiny_pipeline(folder / "tiny"))
     rows = [

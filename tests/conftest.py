@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from erasekit.models import ModelAdapter, load_pipeline
-from erasekit.testing import tiny_pipeline
+from erasekit.models.tiny import tiny_pipeline
 
 torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves, and CI has 2 cores
 

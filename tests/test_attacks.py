@@ -291,7 +291,7 @@ def test_cli_attack_reports_bad_input_on_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": "m", "prompts": ["p.csv"], "attacks": {"inversion": {"steps": 0}}}))
     result = CliRunner().invoke(app, ["attack", str(path)])
-    assert result.exit_code == 2 and "attacks.inversion.steps must be >= 1" in result.output
+    assert result.exit_code == 2 and "attacks.inversion.steps: must be >= 1" in result.output
 
 
 def test_run_attacks_takes_a_pipeline_and_a_classifier_object(tiny_pipe, tmp_path, attack_run):

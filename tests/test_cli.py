@@ -22,7 +22,7 @@ from erasekit.cli import app
 from erasekit.edits import Edit
 from erasekit.generate import HEADER_HEIGHT, LABEL_WIDTH, MIN_CELL, before_after, sample
 from erasekit.models import load_pipeline
-from erasekit.testing import sample_image
+from helpers import sample_image
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
 runner = CliRunner(env={"COLUMNS": "200"})

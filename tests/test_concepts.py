@@ -53,7 +53,7 @@ def test_method_params_are_validated_at_construction():
         UCE(lamda=0.1)
     with pytest.raises(ConfigError, match="token_policy"):
         UCE(token_policy="newest")
-    with pytest.raises(ConfigError, match="lamb must be >= 0"):
+    with pytest.raises(ConfigError, match=r"lamb: must be >= 0"):
         UCE(lamb=-1)
     with pytest.raises(ConfigError, match=r"unknown method 'uec'.*'uce'"):
         get_method("uec")

@@ -12,7 +12,7 @@ from erasekit.methods import DuMo
 from erasekit.methods.dumo import TLMO, DuMoNetwork, PromptGate, attach_dumo, share_across_cfg_halves
 from erasekit.methods.training import TrainingConfig, objective_value
 from erasekit.models import ModelAdapter, load_pipeline
-from erasekit.testing import sample_image
+from helpers import sample_image
 
 FAST = {"ddim_steps": 4, "lr": 3e-3, "tlmo_lr": 1e-2, "progress": False}
 CONCEPTS = ConceptSet.build([{"text": "dog", "kind": "style"}], preserve=["cat"])

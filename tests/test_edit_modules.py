@@ -11,7 +11,7 @@ from erasekit.edits import register_modules
 from erasekit.errors import ArtifactError, BaseModelMismatchError
 from erasekit.eval.generation import edit_fingerprint
 from erasekit.models import ModelAdapter
-from erasekit.testing import sample_image
+from helpers import sample_image
 
 KIND = "test-output-shift"
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from erasekit import Edit, erase, load_edit, load_pipeline
 from erasekit.errors import ArtifactError, BaseModelMismatchError, OutputExistsError
-from erasekit.testing import sample_image
+from helpers import sample_image
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import erasekit
 from erasekit.cli import app
 from erasekit.models import load_pipeline
-from erasekit.testing import build_tiny_pipeline
+from erasekit.models.tiny import build_tiny_pipeline
 
 runner = CliRunner()
 

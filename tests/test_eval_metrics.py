@@ -119,7 +119,7 @@ def _variant(tmp_path: Path, images: list[Image.Image], rows: list[PromptRow], *
 
 def test_nudenet_3_4_2_runs_offline_on_an_image_we_made(tmp_path, tiny_pipe):
     pytest.importorskip("nudenet")
-    from erasekit.testing import sample_image
+    from helpers import sample_image
 
     array = sample_image(tiny_pipe, "a person at the beach", seed=0)[0]
     image = Image.fromarray((array * 255).round().astype(np.uint8))

@@ -27,7 +27,7 @@ from erasekit.methods.gloce.core import (
 )
 from erasekit.methods.gloce.method import TextSimilarity, resolve_roles
 from erasekit.models import ModelAdapter
-from erasekit.testing import sample_image
+from helpers import sample_image
 
 TINY = {"steps": 5, "guidance": 5.0, "seeds": 2, "progress": False}
 

@@ -12,8 +12,7 @@ from .concepts import ConceptSet, RunConfig
 from .edits import Edit
 from .methods import get_method
 from .models import ModelAdapter, load_pipeline
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from .models.loading import DTYPES
 
 
 def erase(
@@ -28,13 +27,16 @@ def erase(
 
     ``model`` is a pipeline, or anything :func:`load_pipeline` accepts (a folder, a hub id, ``erasekit:tiny``).
     ``concepts`` are strings, dicts (text, kind, synonyms, guide, preserve) or :class:`Concept` objects.
+    ``fit_kwargs`` are the options the method's ``fit`` declares (e.g. RECE's ``validator``); others are refused.
 
     >>> edit = erase("erasekit:tiny", [{"text": "dog", "kind": "object"}], method="uce")  # doctest: +SKIP
     >>> edit.apply(pipe)  # doctest: +SKIP
     """
     pipe = load_pipeline(model) if isinstance(model, (str, Path)) else model
     concept_set = concepts if isinstance(concepts, ConceptSet) else ConceptSet.build(concepts, preserve)
-    estimator = get_method(method)(params)
+    method_class = get_method(method)
+    method_class.check_fit_options(fit_kwargs)
+    estimator = method_class(params)
     return estimator.fit(ModelAdapter(pipe), concept_set, **fit_kwargs)
 
 

@@ -5,7 +5,9 @@ An :class:`Edit` does one or both of two things to a pipeline:
 * replaces a set of UNet tensors (UCE, RECE, MACE, ESD: new cross-attention K/V or other weights);
 * adds modules (GLoCE's gated low-rank modules, DuMo's residual network): a method registers an *attach* function
   under a module kind with :func:`register_modules`; it installs the modules into a pipeline and returns the function
-  that takes them out again. Methods own their modules' code, the Edit owns their tensors and lifecycle.
+  that takes them out again. Methods own their modules' code, the Edit owns their tensors and lifecycle. The Edit
+  knows no method: it finds the attach function of a kind through the entry points ``erasekit.modules`` (kind ->
+  module that registers it), which imports that one module and nothing else.
 
 It applies in place, keeps what it changed so that :meth:`Edit.remove` restores the pipeline bit for bit, and refuses
 a pipeline whose tensors are not the ones it was fitted on (sha256 fingerprint of the replaced tensors and of the
@@ -23,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +37,26 @@ from . import __version__
 from .errors import ArtifactError, BaseModelMismatchError
 from .io import atomic_dir, atomic_file, check_output
 from .models.adapter import ModelAdapter, tensors_fingerprint
+from .registry import Registry
 
 FORMAT = "erasekit.edit/1"
 EXTRAS_PREFIX = "extras/"
 MODULES_PREFIX = "modules/"
 
+MODULE_GROUP = "erasekit.modules"
+
 Detach = Callable[[], None]
 Attach = Callable[[Any, dict[str, torch.Tensor], dict[str, Any]], Detach]
-_ATTACH: dict[str, Attach] = {}
+
+
+def _import_module_kind(kind: str | None) -> None:
+    """Import the module that registers ``kind`` (every known kind for a listing)."""
+    for point in entry_points(group=MODULE_GROUP):
+        if kind is None or point.name == kind:
+            point.load()
+
+
+MODULE_KINDS: Registry[Attach] = Registry("module kind", loader=_import_module_kind)
 
 
 def register_modules(kind: str) -> Callable[[Attach], Attach]:
@@ -51,22 +66,16 @@ def register_modules(kind: str) -> Callable[[Attach], Attach]:
     ``pipe`` without copying it and returns a function that removes them exactly.
     """
 
-    def decorator(attach: Attach) -> Attach:
-        _ATTACH[kind] = attach
-        return attach
-
-    return decorator
+    return MODULE_KINDS.register(kind)
 
 
 def _attach_function(kind: str) -> Attach:
-    if kind not in _ATTACH:
-        from . import methods  # noqa: F401  (methods register their module kinds when imported)
-    if kind not in _ATTACH:
+    if kind not in MODULE_KINDS:
         raise ArtifactError(
             f"this edit adds modules of kind '{kind}', which this erasekit ({__version__}) does not know: "
             "was it made by a newer version?"
         )
-    return _ATTACH[kind]
+    return MODULE_KINDS.get(kind)
 
 
 @dataclass
@@ -214,7 +223,8 @@ class Edit:
         if self.is_applied(pipe):
             raise ArtifactError("this edit is already applied to this pipeline")
         attach = _attach_function(self.module_kind) if self.module_kind is not None else None
-        params = ModelAdapter(pipe).unet_parameters(sorted(set(self.weights) | set(self.base_names)))
+        model = ModelAdapter(pipe)
+        params = model.unet_parameters(sorted(set(self.weights) | set(self.base_names)))
         for name in self.weights:
             param = params[name]
             if tuple(param.shape) != tuple(self.weights[name].shape):
@@ -236,10 +246,7 @@ class Edit:
                     "this edit was fitted on a different base model: the weights it replaces do not match its "
                     f"fingerprint{hint}"
                 )
-        originals = {n: params[n].detach().clone() for n in self.weights}
-        with torch.no_grad():
-            for name, weight in self.weights.items():
-                params[name].copy_(weight.to(params[name].device, params[name].dtype))
+        originals = model.replace_weights(self.weights)
         detach = attach(pipe, self.modules, self.module_spec) if attach is not None else None
         self._applied[id(pipe.unet)] = (originals, detach)
         return pipe
@@ -252,10 +259,7 @@ class Edit:
         originals, detach = applied
         if detach is not None:
             detach()
-        params = ModelAdapter(pipe).unet_parameters(list(originals))
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(originals[name])
+        ModelAdapter(pipe).replace_weights(originals)
         return pipe
 
     # ------------------------------------------------------------ persisting

@@ -24,12 +24,13 @@ T = TypeVar("T")
 def check_at_least(config: Any, where: str, minimum: float, names: typing.Iterable[str], strict: bool = False) -> None:
     """Range checks of a config's fields: each named value that is set must be >= ``minimum`` (> with ``strict``).
 
-    The one-line error names the field as users write it: ``<where>.<name> must be >= 1, got 0``.
+    The one-line error names the field as users write it, in the style of every config error:
+    ``<where>.<name>: must be >= 1, got 0``.
     """
     for name in names:
         value = getattr(config, name)
         if value is not None and not (value > minimum if strict else value >= minimum):
-            raise ConfigError(f"{where}.{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+            raise ConfigError(f"{where}.{name}: must be {'>' if strict else '>='} {minimum}, got {value}")
 
 
 def _type_name(tp: Any) -> str:

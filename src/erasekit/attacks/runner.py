@@ -187,10 +187,9 @@ def run_attacks(
 
     ``pipe`` and ``classifier`` may be given as objects (``model`` and ``judge`` then only label them).
     """
-    from ..api import DTYPES
     from ..edits import Edit
     from ..models import load_pipeline
-    from ..models.loading import cache_dir
+    from ..models.loading import DTYPES, cache_dir
 
     config = from_dict(AttackConfig, config, where="attack config") if isinstance(config, dict) else config
     attacks: list[Attack] = config.build_attacks()

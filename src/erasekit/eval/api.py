@@ -134,10 +134,9 @@ def evaluate(
     ``pipe`` and ``classifier`` may be given as objects instead of through the config (``model`` is then only a
     label); ``sampler`` replaces :func:`~erasekit.eval.generation.sample_batch` (tests, other pipelines).
     """
-    from ..api import DTYPES
     from ..edits import Edit
     from ..models import load_pipeline
-    from ..models.loading import cache_dir
+    from ..models.loading import DTYPES, cache_dir
 
     config = from_dict(EvalConfig, config, where="eval config") if isinstance(config, dict) else config
     metrics = config.build_metrics()  # validate everything before the slow parts

@@ -1,33 +1,40 @@
-"""Erasure methods. Each is one file: a config dataclass and ``fit(model, concepts) -> Edit``.
+"""Erasure methods, one file (or folder) each, found by name through :data:`METHODS`.
 
-To add a method, write ``methods/<name>.py`` with a :class:`Method` subclass and register it in ``METHODS``.
+Importing this package imports no method: the registry imports the method files on the first lookup, so loading an
+edit that adds GLoCE modules imports GLoCE's modules and nothing else. To add a method, write ``methods/<name>.py``
+with a config dataclass and a :class:`Method` subclass decorated with :func:`register_method`
+(``docs/adding_a_method.md``).
 """
 
 from __future__ import annotations
 
-import difflib
+from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
-from .base import Method
-from .dumo import DuMo, DuMoConfig
-from .esd import ESD, ESDConfig
-from .gloce import GLoCE, GLoCEConfig
-from .mace import MACE, MACEConfig
-from .rece import RECE, RECEConfig
-from .uce import UCE, UCEConfig
+from .._lazy import lazy_exports
+from .base import METHODS, Method, get_method, register_method, register_preset
 
-METHODS: dict[str, type[Method]] = {"uce": UCE, "rece": RECE, "esd": ESD, "dumo": DuMo, "gloce": GLoCE, "mace": MACE}
+_EXPORTS = {
+    "UCE": "uce",
+    "UCEConfig": "uce",
+    "RECE": "rece",
+    "RECEConfig": "rece",
+    "ESD": "esd",
+    "ESDConfig": "esd",
+    "DuMo": "dumo",
+    "DuMoConfig": "dumo",
+    "GLoCE": "gloce.method",
+    "GLoCEConfig": "gloce.method",
+    "MACE": "mace.method",
+    "MACEConfig": "mace.method",
+}
 
-
-def get_method(name: str) -> type[Method]:
-    """The method class registered under ``name`` (case-insensitive)."""
-    key = name.lower()
-    if key not in METHODS:
-        close = difflib.get_close_matches(key, list(METHODS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown method '{name}'{hint}; available: {', '.join(METHODS)}")
-    return METHODS[key]
-
+if TYPE_CHECKING:
+    from .dumo import DuMo, DuMoConfig
+    from .esd import ESD, ESDConfig
+    from .gloce.method import GLoCE, GLoCEConfig
+    from .mace.method import MACE, MACEConfig
+    from .rece import RECE, RECEConfig
+    from .uce import UCE, UCEConfig
 
 __all__ = [
     "ESD",
@@ -45,4 +52,8 @@ __all__ = [
     "RECEConfig",
     "UCEConfig",
     "get_method",
+    "register_method",
+    "register_preset",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -45,18 +45,12 @@ from ..edits import Detach, Edit, register_modules
 from ..errors import ConfigError, ModelLayoutError
 from ..models.adapter import ModelAdapter, tensors_fingerprint
 from ..validation import to_dict
-from .base import Method
+from .base import Method, register_method
 from .training import NegativeGuidanceObjective, TrainingConfig, frozen, run_identity, run_training, training_pairs
 from .uce import preserve_list
 
 KIND = "dumo"
 TLMOMode = Literal["time_layer", "time", "layer", "none"]
-
-WORLD_PARAMS: dict[str, Any] = {
-    "steps": 200, "lr": 1e-4, "zero_conv_lr": 1e-3, "tlmo_lr": 1e-2, "ddim_steps": 20, "negative_guidance": 4.0,
-}  # fmt: skip
-"""Settings for the benchmark world (``erasekit:world``): sized for minutes on one CPU thread (docs/methods/dumo.md)."""
-
 
 @dataclass
 class DuMoConfig(TrainingConfig):
@@ -281,6 +275,7 @@ def base_names(model: ModelAdapter) -> list[str]:
     return ["conv_in.weight", "conv_out.weight", *model.kv_weights()]
 
 
+@register_method
 class DuMo(Method):
     """Trains an EPR + TLMO network that erases concepts through the UNet's skip connections."""
 
@@ -288,7 +283,7 @@ class DuMo(Method):
     config_class = DuMoConfig
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
-        cfg = self.config
+        cfg = self.settings()
         unet = model.unet
         timesteps = model.pipe.scheduler.config.num_train_timesteps
         network = DuMoNetwork(unet, cfg.tlmo, cfg.tlmo_buckets, timesteps).to(unet.device, unet.dtype)
@@ -301,7 +296,7 @@ class DuMo(Method):
             return unet(x, t, emb).sample
 
         pairs = training_pairs(concepts, cfg)
-        config = to_dict(cfg)
+        config = self.edit_config(cfg)
         names = base_names(model)
         identity = run_identity(
             self.name, config, concepts.to_dict(), tensors_fingerprint(model.unet_parameters(names))

@@ -31,7 +31,7 @@ from ..concepts import ConceptSet
 from ..edits import Edit
 from ..models.adapter import ModelAdapter, tensors_fingerprint
 from ..validation import to_dict
-from .base import Method
+from .base import Method, register_method
 from .training import (
     NegativeGuidanceObjective,
     TrainingConfig,
@@ -42,10 +42,6 @@ from .training import (
 )
 
 TrainMethod = Literal["x", "u", "full", "x-strict"]
-
-WORLD_PARAMS: dict[str, Any] = {"steps": 150, "lr": 2e-4, "ddim_steps": 20}
-"""Settings for the benchmark world (``erasekit:world``): sized for minutes on one CPU thread (docs/methods/esd.md)."""
-
 
 @dataclass
 class ESDConfig(TrainingConfig):
@@ -79,6 +75,7 @@ def trainable_names(model: ModelAdapter, train_method: TrainMethod) -> list[str]
     return names
 
 
+@register_method
 class ESD(Method):
     """Negative-guidance fine-tuning of cross-attention (ESD-x) or of the rest of the UNet (ESD-u)."""
 
@@ -86,7 +83,7 @@ class ESD(Method):
     config_class = ESDConfig
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
-        cfg = self.config
+        cfg = self.settings()
         unet = model.unet
         params = model.unet_parameters(trainable_names(model, cfg.train_method))
         originals = {n: p.detach().clone() for n, p in params.items()}
@@ -97,7 +94,7 @@ class ESD(Method):
         def student(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
             return unet(x, t, emb).sample
 
-        config = to_dict(cfg)
+        config = self.edit_config(cfg)
         identity = run_identity(self.name, config, concepts.to_dict(), tensors_fingerprint(originals))
         objective = NegativeGuidanceObjective(
             model, student, teacher, training_pairs(concepts, cfg), concepts.preserve_texts(), cfg

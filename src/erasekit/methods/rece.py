@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,13 +33,17 @@ from ..errors import ConfigError
 from ..linalg import gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import to_dict
-from .base import Method, guide_for
+from .base import Method, register_method, guide_for
 from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_transform
 
-# Per-kind defaults from the README / model card / scripts (note 2.5). Celebrities are not in RECE's code: we use the
-# art settings (small lambda_reg, one epoch), a documented choice.
-DEFAULT_EPOCHS = {"explicit": 3, "style": 1, "object": 1, "celebrity": 1}
-DEFAULT_LAMBDA_REG = {"explicit": 0.1, "style": 1e-3, "object": 0.1, "celebrity": 1e-3}
+# Per-kind presets from the authors' README, model card and scripts (docs/methods/rece.md). Celebrities are not in
+# RECE's code: we use the art settings (small lambda_reg, one epoch), a documented choice.
+PRESETS: dict[str, dict[str, Any]] = {
+    "explicit": {"epochs": 3, "lambda_reg": 0.1},
+    "style": {"epochs": 1, "lambda_reg": 1e-3},
+    "object": {"epochs": 1, "lambda_reg": 0.1},
+    "celebrity": {"epochs": 1, "lambda_reg": 1e-3},
+}
 
 Validator = Callable[[int, ModelAdapter], float]
 """Called as ``validator(epoch, model)`` with the epoch's weights applied; returns a score, lower is better."""
@@ -85,11 +90,13 @@ def original_gram(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(gram(w.detach()) for w in weights.values())
 
 
+@register_method
 class RECE(Method):
     """UCE, then K epochs of deriving and erasing the adversarial embedding of each concept."""
 
     name = "rece"
     config_class = RECEConfig
+    presets = PRESETS
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet, validator: Validator | None = None) -> Edit:
         cfg = self.config
@@ -104,13 +111,14 @@ class RECE(Method):
         T = UCE(cfg.uce).transform(model, concepts, embeddings)
         originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)
         G = original_gram(originals)
-        epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS[c.kind] for c in concepts)
+        per_kind = {kind: self.settings(kind) for kind in dict.fromkeys(c.kind for c in concepts)}
+        epochs = max(per_kind[c.kind].epochs for c in concepts)
 
         c_rows = torch.stack([embeddings[w] for w in words])  # [n, 77, d]
         guides = torch.cat([embeddings[g] for g in guide_texts])
         R = torch.cat([embeddings[t] for t in preserve])
         preserve_gram = gram(R, cfg.preserve_scale)  # the same in every epoch
-        lambda_regs = [self._lambda_reg(concept) for concept in concepts]
+        lambda_regs = [per_kind[c.kind].lambda_reg for c in concepts]
 
         history = [T]
         derived = {}
@@ -138,9 +146,6 @@ class RECE(Method):
         weights = transform_weights(originals, history[best])
         info = {"epochs_run": epochs, "selected_epoch": best, "validation_scores": scores}
         return Edit.from_weights(self.name, to_dict(cfg), concepts.to_dict(), model, weights, extras=derived, info=info)
-
-    def _lambda_reg(self, concept) -> float:
-        return self.config.lambda_reg if self.config.lambda_reg is not None else DEFAULT_LAMBDA_REG[concept.kind]
 
     @staticmethod
     def _validate(

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import check_at_least, to_dict
-from .base import Method, guide_for
+from .base import Method, register_method, guide_for
 
 TokenPolicy = Literal["uce_legacy", "uce_2025", "rece"]
 
@@ -180,6 +180,7 @@ def preserve_list(concepts: ConceptSet, empty: bool) -> list[str]:
     return ([""] if empty and "" not in texts else []) + texts
 
 
+@register_method
 class UCE(Method):
     """Closed-form erasure of concepts from the cross-attention K/V projections."""
 

@@ -11,7 +11,8 @@ SDXL (two text encoders) is refused with a clear message until its adapter exist
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,32 @@ class ModelAdapter:
             raise ModelLayoutError(f"the UNet has no parameter '{missing[0]}' ({len(missing)} missing in all)")
         return {n: params[n] for n in names}
 
+    def replace_weights(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy ``weights`` into the UNet's parameters of the same names, in place; return copies of what they
+        replaced (``replace_weights(returned)`` puts the originals back bit for bit)."""
+        params = self.unet_parameters(list(weights))
+        originals = {n: p.detach().clone() for n, p in params.items()}
+        _copy_into(params, weights)
+        return originals
+
+    @contextmanager
+    def temporary_weights(
+        self, weights: Mapping[str, torch.Tensor] | None = None, names: Iterable[str] = ()
+    ) -> Iterator[dict[str, nn.Parameter]]:
+        """Inside the block the UNet carries ``weights``; on exit every tensor named in ``weights`` or ``names``
+        (e.g. tensors the block trains in place) is restored bit for bit, also after an exception.
+
+        Yields the live parameters of all those names.
+        """
+        weights = dict(weights or {})
+        params = self.unet_parameters(sorted({*weights, *names}))
+        saved = {n: p.detach().clone() for n, p in params.items()}
+        _copy_into(params, weights)
+        try:
+            yield params
+        finally:
+            _copy_into(params, saved)
+
     def check_finite(self) -> None:
         for name, weight in self.kv_weights().items():
             if not torch.isfinite(weight).all():
@@ -237,6 +264,12 @@ class ModelAdapter:
     def fingerprint(self) -> str:
         """sha256 of the text encoder's weights: a cache key for text embeddings of this model."""
         return tensors_fingerprint(self.text_encoder.state_dict())
+
+
+def _copy_into(params: Mapping[str, nn.Parameter], weights: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, weight in weights.items():
+            params[name].copy_(weight.to(params[name].device, params[name].dtype))
 
 
 def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -1,14 +1,17 @@
-"""Load a diffusers text-to-image pipeline from a local folder, a hub id or a built-in name.
+"""Load a diffusers text-to-image pipeline from a local folder, a hub id or a registered name.
 
-Built-in names let the demo and tests run with no download: ``erasekit:world`` is the trained benchmark-world model
-shipped in the package (see :mod:`erasekit.world`); ``erasekit:tiny`` is a tiny random SD1.x-layout pipeline (see
-:mod:`erasekit.testing`), cached under ``$ERASEKIT_CACHE`` (default ``~/.cache/erasekit``).
+Registered names (``erasekit:<name>`` or ``erasekit:<name>-<variant>``) let the demo and tests run with no download:
+``erasekit:tiny`` is a tiny random SD1.x-layout pipeline (:mod:`erasekit.models.tiny`); packages add their own
+through :data:`MODELS` (the benchmark world registers ``erasekit:world`` as a plugin). Derived files are cached under
+``$ERASEKIT_CACHE`` (default ``~/.cache/erasekit``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,9 +19,17 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from ..errors import ModelLayoutError
+from ..errors import ConfigError, ModelLayoutError
+from ..registry import Registry
 
 BUILTIN_PREFIX = "erasekit:"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""The dtypes a config may name."""
+
+MODELS: Registry[Callable[[str | None], Path]] = Registry(
+    "built-in model", loader=lambda _: importlib.import_module(".tiny", __package__)
+)
+"""``name -> resolve(variant) -> folder``: ``erasekit:<name>[-<variant>]`` resolves to the folder it returns."""
 
 
 def cache_dir() -> Path:
@@ -30,19 +41,12 @@ def resolve_model(spec: str | Path) -> Path | str:
     """Turn a model spec into something ``from_pretrained`` accepts, building built-in models on first use."""
     spec = str(spec)
     if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX) :]
-        if name == "tiny" or name.startswith("tiny-"):
-            from ..testing import tiny_pipeline
-
-            seed = int(name.split("-", 1)[1]) if "-" in name else 0
-            return tiny_pipeline(cache_dir() / f"tiny-{seed}", seed=seed)
-        if name == "world":
-            from ..world import pipeline_path
-
-            return pipeline_path()
-        raise ModelLayoutError(
-            f"unknown built-in model '{spec}'; built-in models are: erasekit:world, erasekit:tiny, erasekit:tiny-<seed>"
-        )
+        name, _, variant = spec[len(BUILTIN_PREFIX) :].partition("-")
+        try:
+            resolve = MODELS.get(name)
+        except ConfigError as exc:
+            raise ModelLayoutError(f"{exc} (as erasekit:<name>)") from None
+        return resolve(variant or None)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():

@@ -3,9 +3,3 @@
 ``core`` holds the math (statistics, closed form, gate, calibration, the stacked layer forward), ``modules`` puts
 the modules into a pipeline and takes them out (module kind ``gloce``), ``method`` fits them.
 """
-
-from __future__ import annotations
-
-from .method import PRESETS, GLoCE, GLoCEConfig, merge_edits
-
-__all__ = ["PRESETS", "GLoCE", "GLoCEConfig", "merge_edits"]

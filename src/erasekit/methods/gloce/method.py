@@ -33,7 +33,7 @@ from ...edits import Edit
 from ...errors import ConfigError
 from ...models.adapter import ModelAdapter
 from ...validation import check_at_least, to_dict
-from ..base import Method
+from ..base import Method, register_method
 from .core import (
     Calibration,
     GateBasis,
@@ -327,6 +327,7 @@ def _column(maxima: dict[str, list[list[torch.Tensor]]], prompts: list[str], lay
     return torch.cat([torch.cat(maxima[p][layer])[:, col] for p in prompts])
 
 
+@register_method
 class GLoCE(Method):
     """Training-free gated low-rank modules on the cross-attention outputs, one per erased concept."""
 

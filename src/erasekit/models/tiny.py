@@ -1,8 +1,8 @@
-"""Tiny, offline Stable Diffusion pipelines for tests, examples and first use.
+"""``erasekit:tiny``: tiny, offline Stable Diffusion pipelines for tests, examples and first use.
 
 The pipeline has the SD1.x layout (cross-attention in down, mid and up blocks; a causal CLIP text encoder; CLIP's real
-tokenizer) at a size that runs in milliseconds on a CPU. Weights are random but deterministic for a seed, so edits and
-images are reproducible.
+tokenizer) at a size that runs in milliseconds on a CPU. Weights are random but deterministic for a seed
+(``erasekit:tiny-<seed>``, default 0), so edits and images are reproducible.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
-from .io import atomic_dir
-from .models.build import assemble_pipeline, clip_text_encoder
+from ..errors import ModelLayoutError
+from ..io import atomic_dir
+from .build import assemble_pipeline, clip_text_encoder
+from .loading import MODELS, cache_dir
 
 TINY_HIDDEN = 32
 
@@ -64,7 +66,10 @@ def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def sample_image(pipe: StableDiffusionPipeline, prompt: str = "a photo of a dog", seed: int = 0, steps: int = 3):
-    """A deterministic 16x16 image as a float numpy array: enough to compare tiny pipelines bit for bit."""
-    generator = torch.Generator().manual_seed(seed)
-    return pipe(prompt, num_inference_steps=steps, height=16, width=16, generator=generator, output_type="np").images
+@MODELS.register("tiny")
+def tiny_model(variant: str | None) -> Path:
+    """``erasekit:tiny`` or ``erasekit:tiny-<seed>``: built on first use, cached under :func:`cache_dir`."""
+    if variant is not None and not variant.isdigit():
+        raise ModelLayoutError(f"erasekit:tiny-{variant}: the part after 'tiny-' is a seed, a non-negative integer")
+    seed = int(variant) if variant is not None else 0
+    return tiny_pipeline(cache_dir() / f"tiny-{seed}", seed=seed)
