@@ -16,7 +16,11 @@ tensors the modules were fitted against, ``base_names``).
 Artifact format (``*.safetensors``): the replacement tensors under their UNet state-dict names, so the file also
 loads with ``pipe.unet.load_state_dict(file, strict=False)``; module tensors under ``modules/<name>``; extra tensors
 (e.g. RECE's derived embeddings) under ``extras/<name>``; and the metadata as JSON in the safetensors header (key
-``erasekit``), mirrored in a ``.json`` file beside it for people to read.
+``erasekit``, the only key, so the same edit always gives the same bytes), mirrored in a ``.json`` file beside it for
+people to read. The metadata carries an integrity digest (sha256 of the canonical metadata and of every tensor): a
+file changed after erasekit wrote it (a hand-edited header, a changed or added tensor) is refused on load unless the
+caller accepts it explicitly (``Edit.load(path, verify=False)``, ``--allow-modified``), and ``erasekit info`` states
+the verdict (:attr:`Edit.integrity`).
 """
 
 from __future__ import annotations
@@ -34,12 +38,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .errors import ArtifactError, BaseModelMismatchError
+from .errors import ArtifactError, BaseModelMismatchError, NumericalError
 from .io import atomic_dir, atomic_file, check_output
 from .models.adapter import ModelAdapter, tensors_fingerprint
 from .registry import Registry
 
 FORMAT = "erasekit.edit/1"
+INTACT, MODIFIED, UNVERIFIED, UNSAVED = "intact", "modified", "unverified", "not saved"
+INTEGRITY = {
+    INTACT: "intact: tensors and metadata are exactly what erasekit wrote",
+    MODIFIED: "MODIFIED after erasekit wrote it (integrity digest mismatch), loaded because it was explicitly accepted",
+    UNVERIFIED: "unverified: written before erasekit stored integrity digests",
+    UNSAVED: "not saved yet",
+}
 EXTRAS_PREFIX = "extras/"
 MODULES_PREFIX = "modules/"
 
@@ -86,7 +97,9 @@ class Edit:
     ``module_kind`` (built by the attach function registered for it, with ``module_spec``); ``base_fingerprint`` is
     the sha256 of the base tensors named by ``weights`` and ``base_names`` (see :func:`tensors_fingerprint`);
     ``config`` is the method's full hyper-parameter dict; ``concepts`` the erased and preserved texts; ``info``
-    free-form results of fitting (e.g. RECE's selected epoch).
+    free-form results of fitting (e.g. RECE's selected epoch), deterministic for a seed. ``timings`` (seconds per
+    stage) are reported but never saved, so an artifact's bytes depend only on what was fitted. ``integrity`` is the
+    verdict of :meth:`load` (one of :data:`INTEGRITY`).
     """
 
     method: str
@@ -101,6 +114,8 @@ class Edit:
     module_kind: str | None = None
     module_spec: dict[str, Any] = field(default_factory=dict)
     base_names: list[str] = field(default_factory=list)
+    integrity: str = field(default=UNSAVED, compare=False)
+    timings: dict[str, Any] = field(default_factory=dict, compare=False)
     _applied: dict[int, tuple[dict[str, torch.Tensor], Detach | None]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -116,6 +131,7 @@ class Edit:
         **kwargs: Any,
     ) -> Edit:
         """Package new ``weights`` for ``model``, fingerprinting the tensors they replace."""
+        _check_finite(weights, f"the {method} fit")
         originals = model.unet_parameters(list(weights))
         fingerprint = tensors_fingerprint(originals)
         weights = {n: w.detach().to(originals[n].dtype).cpu().contiguous() for n, w in weights.items()}
@@ -141,6 +157,7 @@ class Edit:
         fingerprinted so the modules are never applied to another model.
         """
         weights = weights or {}
+        _check_finite({**weights, **tensors}, f"the {method} fit")
         originals = model.unet_parameters(sorted(set(weights) | set(base_names)))
         info = {
             **kwargs.pop("info", {}),
@@ -271,43 +288,50 @@ class Edit:
             **{MODULES_PREFIX + k: v.contiguous() for k, v in self.modules.items()},
             **{EXTRAS_PREFIX + k: v.contiguous() for k, v in self.extras.items()},
         }
+        _check_finite(tensors, f"the {self.method} edit")
         meta = self.metadata()
+        meta["integrity"] = {"algorithm": "sha256", "digest": _digest(meta, tensors)}
         with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "erasekit": json.dumps(meta)})
+            save_file(tensors, str(tmp), metadata={"erasekit": json.dumps(meta, sort_keys=True)})
         with atomic_file(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        self.integrity = INTACT
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Edit:
-        """Read an artifact written by :meth:`save`; any damage is an :class:`ArtifactError`."""
+    def load(cls, path: str | Path, verify: bool = True) -> Edit:
+        """Read an artifact written by :meth:`save`; any damage is an :class:`ArtifactError`.
+
+        A file whose integrity digest does not match its content is refused, unless ``verify`` is false: then it
+        loads with ``integrity == "modified"`` (the caller accepted it, e.g. to inspect it).
+        """
         meta, tensors = read_artifact(path)
+        stored = dict(tensors)
         extras = _take_prefixed(tensors, EXTRAS_PREFIX)
         modules = _take_prefixed(tensors, MODULES_PREFIX)
         weights = tensors
         module_meta = meta.get("modules") or {}
-        if set(meta.get("tensors", {})) != set(weights) or set(module_meta.get("tensors", {})) != set(modules):
+        if set(meta["tensors"]) != set(weights) or set(module_meta.get("tensors", {})) != set(modules):
             raise ArtifactError(f"artifact '{path}' is inconsistent: its tensors do not match its metadata")
         for name, tensor in {**weights, **modules}.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ArtifactError(f"artifact '{path}' is corrupted: tensor '{name}' contains NaN or infinite values")
-        try:
-            return cls(
-                method=meta["method"],
-                config=meta["config"],
-                concepts=meta["concepts"],
-                weights=weights,
-                base_fingerprint=meta["base_fingerprint"],
-                extras=extras,
-                info=meta.get("info", {}),
-                version=meta.get("erasekit_version", "unknown"),
-                modules=modules,
-                module_kind=module_meta.get("kind"),
-                module_spec=module_meta.get("spec", {}),
-                base_names=module_meta.get("base_names", []),
-            )
-        except KeyError as exc:
-            raise ArtifactError(f"artifact '{path}' metadata lacks the field {exc}") from None
+        integrity = _verify(meta, stored, path, verify)
+        return cls(
+            method=meta["method"],
+            config=meta["config"],
+            concepts=meta["concepts"],
+            weights=weights,
+            base_fingerprint=meta["base_fingerprint"],
+            extras=extras,
+            info=meta.get("info", {}),
+            version=meta.get("erasekit_version", "unknown"),
+            modules=modules,
+            module_kind=module_meta.get("kind"),
+            module_spec=module_meta.get("spec", {}),
+            base_names=module_meta.get("base_names", []),
+            integrity=integrity,
+        )
 
     def export(self, pipe, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Save ``pipe`` with this edit applied as a full diffusers folder (``from_pretrained`` loads it).
@@ -330,6 +354,16 @@ class Edit:
         return out_dir
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """A result that is not finite is never packaged nor saved: it would silently corrupt every image."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NumericalError(
+                f"{what} produced NaN or infinite values in '{name}'; nothing was saved. In float16 this is usually "
+                "an overflow: fit in float32 (dtype: float32) or bfloat16"
+            )
+
+
 def _describe(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     return {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in tensors.items()}
 
@@ -338,6 +372,65 @@ def _take_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     """Remove the tensors named ``prefix...`` from ``tensors`` and return them without the prefix."""
     names = [k for k in tensors if k.startswith(prefix)]
     return {k[len(prefix) :]: tensors.pop(k) for k in names}
+
+
+# The fields of an artifact's metadata and their JSON types (None: optional).
+SCHEMA: dict[str, tuple[type, bool]] = {
+    "method": (str, True),
+    "config": (dict, True),
+    "concepts": (dict, True),
+    "base_fingerprint": (str, True),
+    "tensors": (dict, True),
+    "erasekit_version": (str, False),
+    "info": (dict, False),
+    "modules": (dict, False),
+    "integrity": (dict, False),
+}
+MODULE_SCHEMA: dict[str, tuple[type, bool]] = {
+    "kind": (str, True),
+    "spec": (dict, False),
+    "base_names": (list, False),
+    "tensors": (dict, True),
+}
+
+
+def _check_fields(meta: dict[str, Any], schema: dict[str, tuple[type, bool]], where: str, path: Path) -> None:
+    for name, (kind, required) in schema.items():
+        if name not in meta:
+            if required:
+                raise ArtifactError(f"artifact '{path}' metadata lacks the field '{where}{name}'")
+        elif not isinstance(meta[name], kind):
+            raise ArtifactError(
+                f"artifact '{path}' metadata field '{where}{name}' should be a JSON {_JSON_NAMES[kind]}, "
+                f"got {type(meta[name]).__name__}"
+            )
+
+
+_JSON_NAMES = {str: "string", dict: "object", list: "array"}
+
+
+def _digest(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the canonical metadata (without its integrity field) and of every stored tensor."""
+    canonical = json.dumps({k: v for k, v in meta.items() if k != "integrity"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{canonical}|{tensors_fingerprint(tensors)}".encode()).hexdigest()
+
+
+def _verify(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path, verify: bool) -> str:
+    """The integrity verdict of a loaded artifact; a mismatch is refused unless ``verify`` is false."""
+    stored = meta.get("integrity")
+    if stored is None:
+        return UNVERIFIED
+    if not isinstance(stored.get("digest"), str) or stored.get("algorithm") != "sha256":
+        raise ArtifactError(f"artifact '{path}' has a malformed integrity field")
+    if stored["digest"] == _digest(meta, tensors):
+        return INTACT
+    if verify:
+        raise ArtifactError(
+            f"artifact '{path}' was modified after erasekit wrote it (its integrity digest does not match its "
+            "tensors and metadata); refusing it. Inspect it with `erasekit info --allow-modified`, and accept it "
+            "explicitly (--allow-modified, Edit.load(path, verify=False)) only if you trust the change"
+        )
+    return MODIFIED
 
 
 def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -351,17 +444,28 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open API)
     except Exception as exc:  # safetensors raises several unrelated types for damaged files
         raise ArtifactError(f"'{path}' is not a readable safetensors file (corrupted or truncated?): {exc}") from None
-    if header.get("format") != FORMAT or "erasekit" not in header:
-        raise ArtifactError(f"'{path}' is a safetensors file but not an erasekit edit (no '{FORMAT}' metadata)")
+    not_ours = ArtifactError(f"'{path}' is a safetensors file but not an erasekit edit (no '{FORMAT}' metadata)")
+    if "erasekit" not in header:
+        raise not_ours
     try:
         meta = json.loads(header["erasekit"])
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"'{path}' has corrupted metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"'{path}' has corrupted metadata: expected a JSON object")
+    if FORMAT not in (meta.get("format"), header.get("format")):  # erasekit 0.1 kept the format beside the JSON
+        raise not_ours
+    _check_fields(meta, SCHEMA, "", path)
+    if "modules" in meta:
+        _check_fields(meta["modules"], MODULE_SCHEMA, "modules.", path)
     return meta, tensors
 
 
-def load_edit(pipe, path: str | Path, check: bool = True) -> Edit:
-    """Load the artifact at ``path`` and apply it to ``pipe``; return the Edit (``edit.remove(pipe)`` undoes it)."""
-    edit = Edit.load(path)
+def load_edit(pipe, path: str | Path, check: bool = True, verify: bool = True) -> Edit:
+    """Load the artifact at ``path`` and apply it to ``pipe``; return the Edit (``edit.remove(pipe)`` undoes it).
+
+    ``check``: refuse a pipeline with other base weights; ``verify``: refuse a file modified after it was written.
+    """
+    edit = Edit.load(path, verify=verify)
     edit.apply(pipe, check=check)
     return edit

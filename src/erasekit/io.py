@@ -42,6 +42,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def _follow_umask(folder: Path) -> None:
+    """mkdtemp makes an owner-only folder (and some writers owner-only files): give the tree the usual permissions."""
+    mask = _umask()
+    for item in [folder, *folder.rglob("*")]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; on success move it to ``path`` (replacing an old one)."""
@@ -50,6 +58,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _follow_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             os.replace(path, old)

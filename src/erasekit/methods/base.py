@@ -42,15 +42,22 @@ DEFAULT_GUIDES = {"style": "art", "object": " ", "explicit": " ", "celebrity": "
 AUTO = "auto"
 
 
-def _import_methods(_: str | None) -> None:
-    """Import every method file of this package (each registers itself): a new file is a new method."""
-    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
-        name = f"{__package__}.{info.name}"
+def _import_methods(name: str | None) -> None:
+    """Import the method file of ``name`` (every method file for a listing): a new file is a new method.
+
+    A method lives in ``methods/<name>.py`` or ``methods/<name>/method.py``; a method registered under another name
+    than its file's is found by importing them all.
+    """
+    package = importlib.import_module(__package__)
+    infos = {info.name: info for info in pkgutil.iter_modules(package.__path__)}
+    wanted = [infos[name]] if name in infos else list(infos.values())
+    for info in wanted:
+        module = f"{__package__}.{info.name}"
         if info.ispkg:
-            if importlib.util.find_spec(f"{name}.method") is not None:
-                importlib.import_module(f"{name}.method")
+            if importlib.util.find_spec(f"{module}.method") is not None:
+                importlib.import_module(f"{module}.method")
         else:
-            importlib.import_module(name)
+            importlib.import_module(module)
 
 
 METHODS: Registry[type[Method]] = Registry("method", loader=_import_methods)
@@ -98,7 +105,9 @@ class Method(ABC):
         self.config = from_dict(self.config_class, data, where=where)
         known = {n.split("-")[0] for n in self.all_presets()}
         if preset != AUTO and preset not in known:
-            raise ConfigError(f"{where}.preset: unknown preset '{preset}'; available: {', '.join([AUTO, *sorted(known)])}")
+            raise ConfigError(
+                f"{where}.preset: unknown preset '{preset}'; available: {', '.join([AUTO, *sorted(known)])}"
+            )
 
     @classmethod
     def all_presets(cls) -> dict[str, dict[str, Any]]:
@@ -147,9 +156,7 @@ class Method(ABC):
         allowed = cls.fit_options()
         for key in options:
             if key not in allowed:
-                raise ConfigError(
-                    f"{cls.name}.fit has no option '{key}'; its options: {', '.join(allowed) or 'none'}"
-                )
+                raise ConfigError(f"{cls.name}.fit has no option '{key}'; its options: {', '.join(allowed) or 'none'}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:

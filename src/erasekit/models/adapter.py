@@ -240,7 +240,7 @@ class ModelAdapter:
         ``positions`` < 77 encodes only the first positions: CLIP's encoder is causal, so those rows are the same as in
         a full encoding (to float noise) at a fraction of the cost. Use it only when no EOS/padding row is needed.
         A text listed several times (e.g. one guide shared by many concepts) goes through the encoder once: encoding
-        is what a closed-form edit spends most of its time on (note rece_uce.md 1.10).
+        is what a closed-form edit spends most of its time on (benchmarks/README.md, closed forms).
         """
         if not texts:
             return torch.zeros(0, positions or self.max_length, self.embedding_dim)

@@ -14,15 +14,32 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from ..errors import ModelLayoutError
-from .classifiers import HEADS, WorldClassifiers, load_classifiers
-from .generator import FAMILIES, WorldSample, generate
-from .prompts import SAMPLING, SET_NAMES, prompt_set
-from .spec import CHARACTERS, N_ERASABLE_CHARACTERS
 
-ERASABLE_CHARACTERS: tuple[str, ...] = tuple(c.name for c in CHARACTERS[:N_ERASABLE_CHARACTERS])
-RETAINED_CHARACTERS: tuple[str, ...] = tuple(c.name for c in CHARACTERS[N_ERASABLE_CHARACTERS:])
+# Imported on first use: the registries load the world's plugin module (world/plugin.py) on any name they miss, and
+# that should not cost the generator, classifiers and prompt sets.
+_EXPORTS = {
+    "HEADS": "classifiers",
+    "WorldClassifiers": "classifiers",
+    "load_classifiers": "classifiers",
+    "FAMILIES": "generator",
+    "WorldSample": "generator",
+    "generate": "generator",
+    "SAMPLING": "prompts",
+    "SET_NAMES": "prompts",
+    "prompt_set": "prompts",
+    "ERASABLE_CHARACTERS": "spec",
+    "RETAINED_CHARACTERS": "spec",
+}
+
+if TYPE_CHECKING:
+    from .classifiers import HEADS, WorldClassifiers, load_classifiers
+    from .generator import FAMILIES, WorldSample, generate
+    from .prompts import SAMPLING, SET_NAMES, prompt_set
+    from .spec import ERASABLE_CHARACTERS, RETAINED_CHARACTERS
 
 
 def data_dir() -> Path:
@@ -53,3 +70,5 @@ __all__ = [
     "pipeline_path",
     "prompt_set",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -188,3 +188,5 @@ NEUTRAL_CONTEXTS: tuple[Context, ...] = (
 
 P_SHIRTLESS_GENERIC = 0.1
 """How often a plain "a person" caption shows the attribute (it occurs in the data without being named)."""
+ERASABLE_CHARACTERS: tuple[str, ...] = tuple(c.name for c in CHARACTERS[:N_ERASABLE_CHARACTERS])
+RETAINED_CHARACTERS: tuple[str, ...] = tuple(c.name for c in CHARACTERS[N_ERASABLE_CHARACTERS:])
