@@ -27,6 +27,8 @@ def test_concepts_parse_from_strings_and_mappings():
         ([{"text": "dog", "kind": "animal"}], [], "kind"),
         ([{"text": "dog", "knd": "object"}], [], "did you mean 'kind'"),
         ([{"text": "dog", "synonyms": "puppy"}], [], "expected a list"),
+        ([{"text": "dog", "guide": " Dog"}], [], "its guide is the concept itself"),
+        ([{"text": "dog", "synonyms": ["puppy"], "guide": "puppy"}], [], "its guide is the concept itself"),
     ],
 )
 def test_bad_concepts_raise_config_errors_that_say_why(concepts, preserve, message):
@@ -38,6 +40,23 @@ def test_run_config_reports_the_yaml_line_of_a_syntax_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: erasekit:tiny\nconcepts: [dog\nmethod: uce\n")
     with pytest.raises(ConfigError, match="line"):
+        RunConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"model: erasekit:tiny\nmethod: uce\nconcepts: [dog]\nparams: {lamb: 1}\nparams: {lamb: 2}\n",
+         "line 5.*duplicate key 'params'"),
+        (b"model: erasekit:tiny\nmethod: uce\nconcepts: [{text: dog, kind: object, kind: style}]\n",
+         "duplicate key 'kind'"),
+        (b"model: erasekit:tiny\nmethod: uce\nconcepts: [caf\xe9]\n", "not UTF-8 text"),
+    ],
+)  # fmt: skip
+def test_run_config_refuses_duplicate_keys_and_non_utf8_text(tmp_path, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
         RunConfig.from_yaml(path)
 
 

@@ -47,6 +47,11 @@ class Concept:
         object.__setattr__(self, "text", " ".join(self.text.split()))
         object.__setattr__(self, "synonyms", tuple(self.synonyms))
         object.__setattr__(self, "preserve", tuple(self.preserve))
+        if self.guide is not None and normalize(self.guide) in {normalize(t) for t in (self.text, *self.synonyms)}:
+            raise ConfigError(
+                f"concept '{self.text}': its guide is the concept itself, so erasing it would change nothing; "
+                "give another guide (what the concept should become) or none for the kind's default"
+            )
         if normalize(self.text) in {normalize(p) for p in self.preserve}:
             raise ConfigError(f"concept '{self.text}' is also in its own preserve set; a concept cannot be both")
 
