@@ -340,7 +340,7 @@ class Edit:
         modules cannot be expressed as plain diffusers weights: load their artifact with :func:`load_edit` instead.
         """
         self.check_exportable()
-        out_dir = check_output(Path(out_dir), overwrite)
+        out_dir = check_output(Path(out_dir), overwrite, folder=True)
         applied_here = not self.is_applied(pipe)
         if applied_here:
             self.apply(pipe)

@@ -39,6 +39,10 @@ class OutputExistsError(ErasekitError):
     """An output path exists and overwriting was not asked for."""
 
 
+class OutputPathError(ErasekitError):
+    """An output path cannot be written (read-only, a file where a folder goes, a parent that is a file)."""
+
+
 class EvaluationError(ErasekitError):
     """An evaluation cannot complete (images missing from another process, a run folder without results)."""
 

@@ -9,14 +9,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, OutputPathError
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; return the path."""
+def check_output(path: str | Path, overwrite: bool, folder: bool = False) -> Path:
+    """Check, before any work, that ``path`` (a file, or a ``folder``) can be written; return it.
+
+    Refuses an existing output unless ``overwrite``, an existing file where a folder goes (and the reverse), a parent
+    that is a file, and a location this process cannot write to (probed with a temporary file, so read-only mounts
+    and permissions are caught also for root). Creates nothing.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"output '{path}' already exists; choose another path or pass --overwrite")
+    if path.exists():
+        if not overwrite:
+            raise OutputExistsError(f"output '{path}' already exists; choose another path or pass --overwrite")
+        if path.is_dir() != folder:
+            want, got = ("a folder", "a file") if folder else ("a file", "a folder")
+            raise OutputPathError(f"output '{path}' must be {want}, but {got} is there")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot write '{path}': '{ancestor}' is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".erasekit-write-check.", dir=ancestor)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write '{path}': '{ancestor}' is not writable ({exc.strerror})") from None
+    os.close(fd)
+    os.remove(probe)
     return path
 
 
