@@ -83,3 +83,18 @@ def test_nested_method_params_are_validated():
     assert rece.config.uce.token_policy == "uce_2025" and rece.config.epochs == 2
     with pytest.raises(ConfigError, match=r"uce\.lamb"):
         get_method("rece")({"uce": {"lamb": "big"}})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("device", "cdua", "'cdua' is not a device name"),
+        ("device", "cuda:99", "cuda:99"),
+        ("device", "tpu", "not a device name|not supported"),
+        ("seed", 2**64, r"seed: a seed must be in 0\.\.2\*\*63-1"),
+        ("seed", -1, "a seed must be in"),
+    ],
+)
+def test_run_config_refuses_devices_and_seeds_this_machine_cannot_use(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(model="erasekit:tiny", method="uce", concepts=["dog"], **{field: value})

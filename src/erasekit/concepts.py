@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .validation import check_value, from_dict, from_yaml
+from .validation import Seed, check_device, check_value, from_dict, from_yaml
 
 Kind = Literal["object", "celebrity", "style", "explicit"]
 KINDS: tuple[str, ...] = ("object", "celebrity", "style", "explicit")
@@ -137,12 +137,14 @@ class RunConfig:
     preserve: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     output: str | None = None
-    seed: int = 0
+    seed: Seed = 0
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         self.concept_set = ConceptSet.build(self.concepts, self.preserve)
+        check_value(self.seed, Seed, "seed")  # also when constructed in Python, not only from YAML
+        check_device(self.device)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:

@@ -12,13 +12,38 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, NewType, TypeVar, get_args, get_origin
 
 import yaml
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+Seed = NewType("Seed", int)
+"""An integer seed: torch's generators take 0 <= seed < 2**63 (a config field typed ``Seed`` is checked for it)."""
+MAX_SEED = 2**63 - 1
+
+
+def check_device(name: str, where: str = "device") -> str:
+    """``name`` if it is a device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else one ConfigError."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{where}: '{name}' is not a device name (cpu, cuda, cuda:<index>, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{where}: '{name}' asked for, but this machine has no usable CUDA GPU; use cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{where}: '{name}' does not exist; this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where}: 'mps' is not available on this machine; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{where}: device type '{device.type}' is not supported; use cpu, cuda or mps")
+    return name
 
 
 def check_at_least(config: Any, where: str, minimum: float, names: typing.Iterable[str], strict: bool = False) -> None:
@@ -77,9 +102,11 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if tp is int:
+    if tp is int or tp is Seed:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if tp is Seed and not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{where}: a seed must be in 0..2**63-1, got {value}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -150,7 +177,7 @@ def from_yaml(cls: type[T], path: str | Path) -> T:
     except OSError as exc:
         raise ConfigError(f"config file '{path}' cannot be read: {exc.strerror}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -21,6 +21,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..errors import ConfigError, ModelLayoutError
 from ..registry import Registry
+from ..validation import check_device
 
 BUILTIN_PREFIX = "erasekit:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,6 +72,7 @@ def quiet_libraries() -> None:
 
 def load_pipeline(spec: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> DiffusionPipeline:
     """Load a pipeline read-only (the folder on disk is never written) in ``dtype`` on ``device``."""
+    check_device(str(device))
     quiet_libraries()
     source = resolve_model(spec)
     try:
