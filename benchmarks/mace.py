@@ -37,7 +37,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from closed_form import build_sd15_pipeline, machine, read_names, resident_kib
 
-import erasekit.methods.mace as mace
+import erasekit.methods.mace.method as mace
 from erasekit.concepts import Concept, ConceptSet
 from erasekit.methods.mace.fusion import FusionAccumulator
 from erasekit.methods.mace.lora import ConceptLoRA

@@ -1,5 +1,6 @@
 """MACE: both closed forms satisfy their normal equations, the LoRA stage lowers its loss, fusion reproduces a single
-LoRA, fusion memory is flat in the number of concepts, and the edit behaves like every other edit."""
+LoRA, fusion memory is flat in the number of concepts, presets and data sources resolve as documented, and the edit
+behaves like every other edit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from erasekit.edits import Edit
 from erasekit.errors import ConfigError, ModelLayoutError
 from erasekit.linalg import gram
 from erasekit.methods import MACE, get_method
-from erasekit.methods.mace import MACEConfig, resolve
 from erasekit.methods.mace.fusion import FusionAccumulator
 from erasekit.methods.mace.lora import (
     ConceptLoRA,
@@ -23,13 +23,22 @@ from erasekit.methods.mace.lora import (
     loss_positions,
     mask_pixels,
     model_images,
-    replaced_weights,
     train_concept_lora,
 )
 from erasekit.methods.mace.masks import AttentionMasks, GroundedSAM, encode_images
+from erasekit.methods.mace.method import resolve
 from erasekit.methods.mace.prompts import TEMPLATES, prompt_pairs
-from erasekit.methods.mace.refine import align_tokens, cfr_statistics, refine_transform, text_gram, unpadded_ids
+from erasekit.methods.mace.refine import (
+    REFERENCE_CAPTIONS,
+    align_tokens,
+    cfr_statistics,
+    prior_gram,
+    refine_transform,
+    text_gram,
+    unpadded_ids,
+)
 from erasekit.models import ModelAdapter, load_pipeline
+from erasekit.sources import CAPTIONS, IMAGES, MASKS
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,7 @@ def model(tiny_path):
     return ModelAdapter(load_pipeline(tiny_path))
 
 
-QUICK = dict(templates=3, images_per_concept=2, image_steps=2, steps=3, prior_captions=0, progress=False)
+QUICK = dict(templates=3, images_per_concept=2, sampling_steps=2, steps=3, prior_captions=0, progress=False)
 
 
 def test_mace_is_registered_and_ships_thirty_templates_per_kind():
@@ -99,13 +108,25 @@ def test_stage1_keeps_the_prefix_rows_and_remaps_the_suffix(model):
 
 def test_preservation_scale_is_squared_only_in_reference_mode():
     concepts = ConceptSet.build([{"text": "Anne Hathaway", "kind": "celebrity"}])
-    assert resolve(MACEConfig(cfr_preserve_scale=1e-2), concepts).cfr_scale == pytest.approx(1e-2)
-    assert resolve(MACEConfig(cfr_preserve_scale=1e-2, reference_double_scale=True), concepts).cfr_scale == (
+    assert resolve(MACE(cfr_preserve_scale=1e-2), concepts).cfr_scale == pytest.approx(1e-2)
+    assert resolve(MACE(cfr_preserve_scale=1e-2, reference_double_scale=True), concepts).cfr_scale == (
         pytest.approx(1e-4)
     )
-    assert resolve(MACEConfig(), concepts).preserve_weight == 8e3  # one celebrity: the erase_cele_1 preset
+    assert resolve(MACE(), concepts).preserve_weight == 8e3  # one celebrity: the erase_cele_1 preset
     many = ConceptSet.build([{"text": f"person {i}", "kind": "celebrity"} for i in range(12)])
-    assert resolve(MACEConfig(), many).preserve_weight == 8e4
+    assert resolve(MACE(), many).preserve_weight == 8e4
+
+
+def test_world_preset_is_the_kind_preset_with_the_worlds_adjustments():
+    celebrity = ConceptSet.build([{"text": "Anne Hathaway", "kind": "celebrity"}])
+    sd, world = resolve(MACE(), celebrity), resolve(MACE(preset="world"), celebrity)
+    assert (sd.preset, world.preset) == ("celebrity", "celebrity+world")
+    assert (world.lamb, world.cfr_scale, world.preserve_weight) == (sd.lamb, sd.cfr_scale, sd.preserve_weight)
+    assert (sd.lora.learning_rate, sd.sampling_steps, sd.prior_source) == (1e-4, 30, "coco")
+    assert (world.lora.learning_rate, world.sampling_steps, world.prior_source) == (1e-3, 20, "world")
+    assert resolve(MACE(preset="world", sampling_steps=7), celebrity).sampling_steps == 7  # the user's value wins
+    objects = resolve(MACE(preset="world"), ConceptSet.build(["dog"]))
+    assert (objects.lamb, objects.lora.learning_rate, objects.lora.cfis) == (100.0, 1e-3, True)
 
 
 def _random_lora(g, shapes, rank=1):
@@ -160,7 +181,7 @@ def _stage2_inputs(model, concept):
     old, _ = prompt_pairs(concept, 3)
     embeddings = model.encode(old)
     seeds = [0, 1]
-    images = model_images(model, concept, seeds, steps=2, guidance=7.5, size=16)
+    images = model_images(model, concept, seeds, sampling_steps=2, guidance=7.5, size=16)
     return old, embeddings, encode_images(model, images), images
 
 
@@ -169,7 +190,7 @@ def _fixed_loss(model, concept, prompts, embeddings, posterior, settings, delta=
     weights = {n: w.detach() + (delta[n] if delta else 0) for n, w in model.kv_weights().items()}
     g = torch.Generator().manual_seed(0)
     total = 0.0
-    with torch.no_grad(), replaced_weights(model, weights):
+    with torch.no_grad(), model.temporary_weights(weights):
         for i in range(posterior.mean.shape[0]):
             latent = posterior.mean[i : i + 1]
             noisy = model.pipe.scheduler.add_noise(latent, torch.randn(latent.shape, generator=g), torch.tensor([300]))
@@ -259,7 +280,7 @@ def test_mace_resumes_finished_concepts_from_its_work_dir(model, tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a cached concept was trained again")
 
-    monkeypatch.setattr("erasekit.methods.mace.train_concept_lora", no_training)
+    monkeypatch.setattr("erasekit.methods.mace.method.train_concept_lora", no_training)
     second = MACE(**params).fit(model, concepts)
     assert all(torch.equal(first.weights[n], second.weights[n]) for n in first.weights)
 
@@ -275,25 +296,83 @@ def test_mace_without_loras_is_the_stage1_edit(model):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"templates": 31}, "templates"),
-        ({"refine": False, "lora": False}, "both be false"),
-        ({"preset": "cifar"}, "preset"),
-        ({"mask_source": "world"}, "image_source"),
-        ({"mask_source": "grounded_sam"}, "gsam_detector"),
-        ({"learning_rate": -1.0}, "learning_rate"),
-        ({"mask_threshold": 1.5}, "mask_threshold"),
+        ({"templates": 31}, "templates: must be in 1..30, got 31"),
+        ({"refine": False, "lora": False}, "lora: refine and lora cannot both be false"),
+        ({"preset": "cifar"}, "preset: unknown preset 'cifar'"),
+        ({"mask_source": "world"}, "mask_source: 'world' gives exact masks of its own images only; set image_source"),
+        ({"mask_source": "grounded_sam"}, "mask_source: 'grounded_sam' needs gsam_detector"),
+        ({"learning_rate": -1.0}, "learning_rate: must be >= 0"),
+        ({"mask_threshold": 1.5}, r"mask_threshold: must be in \(0, 1\)"),
+        ({"sampling_steps": 0}, "sampling_steps: must be >= 1"),
+        ({"cfis_t1": 500}, "cfis_t2: CFIS needs 0 <= cfis_t1 < cfis_t2"),
+        ({"cfis_gamma": 0}, "cfis_gamma: must be > 0"),
+        ({"image_source": "wrld"}, "image_source: unknown image source 'wrld'; available: model"),
+        ({"mask_source": "sam"}, "mask_source: unknown mask source 'sam'; available: auto, attention, none"),
+        ({"prior_source": "laion"}, "prior_source: unknown caption source 'laion'; available: coco"),
     ],
 )
 def test_bad_mace_params_are_one_line_config_errors(params, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=rf"^mace params\.{message}") as caught:
         MACE(params)
+    assert "\n" not in str(caught.value)
+
+
+def test_fit_declares_its_mask_source_option():
+    assert MACE.fit_options() == ["mask_source"]
+    with pytest.raises(ConfigError, match="no option 'masks'"):
+        MACE.check_fit_options({"masks": None})
+
+
+def _square_images(concept: Concept, seeds) -> torch.Tensor:
+    """A test image source: one uniform grey 16 x 16 image per seed."""
+    return torch.linspace(-1, 1, len(seeds))[:, None, None, None].expand(-1, 3, 16, 16).clone()
+
+
+def _square_masks(concept: Concept, seeds) -> torch.Tensor:
+    """Its exact masks: the left half of every image is the concept."""
+    mask = torch.zeros(len(seeds), 16, 16)
+    mask[:, :, :8] = 1
+    return mask
+
+
+def test_a_registered_image_source_gives_the_training_images_and_its_masks(model, monkeypatch):
+    IMAGES.add("test-squares", _square_images)
+    MASKS.add("test-squares", _square_masks)
+    seen = {}
+
+    def spy(model, concept, prompts, embeddings, posterior, masks, *args):
+        seen["latents"], seen["masks"] = posterior.mean, masks
+        return train_concept_lora(model, concept, prompts, embeddings, posterior, masks, *args)
+
+    monkeypatch.setattr("erasekit.methods.mace.method.train_concept_lora", spy)
+    MACE(**QUICK, image_source="test-squares").fit(model, ConceptSet.build(["dog"]))
+    assert torch.equal(seen["masks"], _square_masks(Concept("dog"), [0, 1]))  # auto: the source's own masks
+    assert torch.equal(seen["latents"], encode_images(model, _square_images(Concept("dog"), [0, 1])).mean)
+    MACE(**QUICK, image_source="test-squares", mask_source="none").fit(model, ConceptSet.build(["dog"]))
+    assert seen["masks"] is None
+
+
+def _few_captions(n: int, exclude) -> list[str]:
+    return [c for c in ("a red car", "a dog on grass", "a tree")[:n] if not any(x in c for x in exclude)]
+
+
+def test_the_prior_comes_from_the_named_caption_source_rescaled_to_the_reference_mass(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path))
+    CAPTIONS.add("test-few", _few_captions)
+    prior = prior_gram(model, 3, "test-few", exclude=["dog"])
+    assert torch.allclose(prior, text_gram(model, ["a red car", "a tree"]) * (REFERENCE_CAPTIONS / 2))
+    coco = CAPTIONS.get("coco")(2, ["bicycle"])  # COCO excludes nothing, as the reference's prior
+    assert coco == [
+        "A bicycle replica with a clock as the front wheel.",
+        "A black Honda motorcycle parked in front of a garage.",
+    ]
 
 
 def test_mixed_kinds_need_an_explicit_preset():
     concepts = ConceptSet.build([{"text": "dog"}, {"text": "Van Gogh", "kind": "style"}])
     with pytest.raises(ConfigError, match=r"explicit params\.preset"):
-        resolve(MACEConfig(), concepts)
-    assert resolve(MACEConfig(preset="style"), concepts).preset == "style"
+        resolve(MACE(), concepts)
+    assert resolve(MACE(preset="style"), concepts).preset == "style"
 
 
 def test_grounded_sam_refuses_missing_local_weights(tmp_path):

@@ -1,11 +1,15 @@
-"""World exact masks: the replay reproduces the generator's image bit for bit, and the mask is the concept's pixels."""
+"""World exact masks: the replay reproduces the generator's image bit for bit, and the mask is the concept's pixels;
+the world plugs them, the generator's images and its captions into the data sources MACE draws on."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from erasekit.concepts import Concept
 from erasekit.errors import ConfigError
+from erasekit.sources import CAPTIONS, IMAGES, MASKS
 from erasekit.world import generate
 from erasekit.world import masks as world_masks
 from erasekit.world.masks import concept_mask, masked_sample
@@ -52,3 +56,21 @@ def test_explicit_mask_is_the_bare_torso():
 def test_unknown_concept_has_no_exact_mask():
     with pytest.raises(ConfigError, match="no exact mask"):
         concept_mask("object", 0, "dragon")
+
+
+def test_the_world_registers_its_images_masks_and_captions_as_sources():
+    character = Concept(CHARACTERS[7].name, kind="celebrity")
+    images = IMAGES.get("world")(character, [3, 4])
+    expected = np.stack([np.asarray(generate("character", seed, character.text).image) for seed in (3, 4)])
+    assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert np.array_equal(((images + 1) * 127.5).round().permute(0, 2, 3, 1).numpy(), expected)
+    masks = MASKS.get("world")(character, [3, 4])
+    assert torch.equal(
+        masks, torch.from_numpy(np.stack([concept_mask("character", s, character.text) for s in (3, 4)]))
+    )
+    assert MASKS.get("world")(Concept(STYLES[0].name, kind="style"), [0]) is None  # a style is the whole image
+    erased = CHARACTERS[0].name
+    captions = CAPTIONS.get("world")(400, ())
+    kept = CAPTIONS.get("world")(400, (erased.upper(),))
+    assert any(erased.lower() in c.lower() for c in captions)
+    assert kept == [c for c in captions if erased.lower() not in c.lower()]

@@ -1,8 +1,8 @@
 """Explicit cross-attention probabilities, for MACE's loss (stage 2) and its attention-map masks.
 
-SDPA and xformers never materialise the attention probabilities (research note mace.md P6), so while probing, every
-cross-attention layer runs diffusers' classic ``AttnProcessor``, whose ``get_attention_scores`` we wrap to hand the
-probabilities ``[batch * heads, pixels, 77]`` to a callback. Only ``attn2`` is touched (the reference replaces the
+SDPA and xformers never materialise the attention probabilities, so while probing, every cross-attention layer runs
+diffusers' classic ``AttnProcessor``, whose ``get_attention_scores`` we wrap to hand the probabilities ``[batch *
+heads, pixels, 77]`` to a callback. Only ``attn2`` is touched (the reference replaces the
 processors of ``attn1`` too, which is unnecessary).
 """
 

@@ -1,8 +1,9 @@
 """MACE stage 3: closed-form fusion of all concepts' LoRAs into one set of K/V weights.
 
-Research note mace.md 1.6. For every K/V matrix with stage-1 weights ``W'`` and original weights ``W0``, find ``W*``
-reproducing each concept's own LoRA-modified output on that concept's prompt tokens (all 77 positions of its
-template prompts), while keeping the original outputs on the preservation tokens:
+Paper Eq. 7 with a ridge term; docs/methods/mace.md ("What it does", step 3, and "Memory"). For every K/V matrix
+with stage-1 weights ``W'`` and original weights ``W0``, find ``W*`` reproducing each concept's own LoRA-modified
+output on that concept's prompt tokens (all 77 positions of its template prompts), while keeping the original
+outputs on the preservation tokens:
 
     min_W*  sum_i sum_{c in i} ||W* c - (W' + dW_i) c||^2 + lam ||W* - W'||_F^2 + beta sum_p ||W* e_p - W0 e_p||^2
 
@@ -10,7 +11,7 @@ template prompts), while keeping the original outputs on the preservation tokens
 
 Sufficient statistics are accumulated as concepts are trained: one d x d ``S`` and, per matrix, ``sum_i dW_i S_i``
 (an ``out x d`` matrix; ``dW_i S_i = up_i (down_i S_i)`` costs a rank-1 product). Memory therefore stays flat in the
-number of concepts; the reference keeps every target vector instead (about 23 GB for 100 concepts, note 4).
+number of concepts; the reference keeps every target vector instead (about 23 GB for 100 concepts).
 """
 
 from __future__ import annotations

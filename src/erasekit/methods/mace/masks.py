@@ -1,16 +1,18 @@
 """Where MACE's stage 2 takes its concept masks from: pluggable sources, the default needing nothing but the model.
 
-The reference segments every training image with Grounded-SAM (research note mace.md 1.2) and suppresses attention
-only inside the mask. A source here is any callable ``source(model, concept, images, seeds) -> masks`` returning a
-``[n, H, W]`` float tensor of 0/1 (or ``None``: the whole image, as the reference does for styles):
+MACE suppresses the concept's attention only inside the concept's pixels; the reference segments every training image
+with Grounded-SAM (docs/methods/mace.md, "Mask sources"). A source here is any callable ``source(model, concept,
+images, seeds) -> masks`` returning a ``[n, H, W]`` float tensor of 0/1 (or ``None``: the whole image, as the
+reference does for styles):
 
 - :class:`AttentionMasks` (default, offline): the model's own cross-attention to the concept tokens, read from one
   noised forward pass of each image at a few timesteps, min-max normalised and thresholded (DAAM-style).
-- :class:`WorldMasks`: the benchmark world's exact masks, for images drawn by the world generator.
 - :class:`GroundedSAM`: GroundingDINO boxes for "<concept>." then SAM masks, their union (the official reference
   policy, with its thresholds 0.3 / 0.25 and a full mask when nothing is detected), loaded with ``transformers``
   from local folders only.
-- ``None`` for no mask (styles).
+- :func:`no_masks`: the whole image (styles).
+- the exact masks of a registered image source (``erasekit.sources.MASKS``, e.g. the benchmark world's), chosen by
+  name in the method.
 """
 
 from __future__ import annotations
@@ -20,18 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...concepts import Concept
-from ...errors import ConfigError, ModelLayoutError
+from ...errors import ModelLayoutError
 from ...models.adapter import ModelAdapter
 from .attention import cross_attention_probes, side
 from .prompts import IMAGE_PROMPTS
-
-WORLD_FAMILY = {"object": "object", "celebrity": "character", "style": "style", "explicit": "explicit"}
-"""The world generator family that depicts each concept kind."""
 
 
 class MaskSource(Protocol):
@@ -98,30 +96,12 @@ class AttentionMasks:
 
 
 @dataclass
-class WorldMasks:
-    """Exact masks of the world generator's images (``image_source: world``), see :mod:`erasekit.world.masks`."""
-
-    def __call__(
-        self, model: ModelAdapter, concept: Concept, images: torch.Tensor, seeds: Sequence[int]
-    ) -> torch.Tensor | None:
-        from ...world.masks import concept_mask
-
-        if concept.kind == "style":
-            return None
-        masks = np.stack([concept_mask(WORLD_FAMILY[concept.kind], seed, concept.text) for seed in seeds])
-        mask = torch.from_numpy(masks).float()
-        if mask.shape[-2:] != images.shape[-2:]:
-            raise ConfigError("world masks need the world generator's images (set image_source: world)")
-        return mask
-
-
-@dataclass
 class GroundedSAM:
     """GroundingDINO + SAM through ``transformers``, from local model folders (no download is attempted).
 
     ``detector`` and ``segmenter`` are folders holding e.g. ``IDEA-Research/grounding-dino-base`` and
-    ``facebook/sam-vit-huge``. Fixes of the reference's quirks (note P14): images are preprocessed by each model's
-    own processor, the concept name is passed whole, every box is used (union of masks), models load once.
+    ``facebook/sam-vit-huge``. Unlike the reference (docs/methods/mace.md, "Mask sources"), images are preprocessed by
+    each model's own processor, the concept name is passed whole, every box is used (union of masks), models load once.
     """
 
     detector: str

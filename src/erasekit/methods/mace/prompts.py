@@ -1,10 +1,10 @@
 """MACE's training prompts: 30 fixed templates per concept kind, filled with the concept and with its surrogate.
 
-The reference builds, per concept, two aligned prompt lists from the same template indices (research note mace.md
-1.3): ``old`` (the template with the concept, e.g. "A photo of adam driver") and ``new`` (with the surrogate, "A photo
-of a person"). The pairs drive stage 1; the ``old`` prompts are the LoRA prompts of stage 2 and the fusion inputs of
-stage 3. Every shipped reference config uses these templates (``use_gpt: false``); its 31st template is never drawn
-(a permutation of indices 0-29), so only the first 30 are kept here.
+The reference builds, per concept, two aligned prompt lists from the same template indices: ``old`` (the template with
+the concept, e.g. "A photo of adam driver") and ``new`` (with the surrogate, "A photo of a person"). The pairs drive
+stage 1; the ``old`` prompts are the LoRA prompts of stage 2 and the fusion inputs of stage 3. Every shipped reference
+config uses these templates rather than the paper's GPT-4 prompts; its 31st template is never drawn (a permutation of
+indices 0-29), so only the first 30 are kept here.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "style": STYLE_TEMPLATES,
 }
 
-# The prompt the reference generates stage-2 training images from (note 1.2; "the" is the reference's wording).
+# The prompt the reference generates stage-2 training images from ("the" is the reference's wording).
 IMAGE_PROMPTS: dict[str, str] = {
     "object": "a photo of the {}",
     "celebrity": "a photo of the {}",
@@ -49,7 +49,7 @@ IMAGE_PROMPTS: dict[str, str] = {
     "style": "a photo in the style of {}",
 }
 
-# Surrogates of the shipped configs and the paper (note 1.7). Objects: the paper maps airplane -> "sky"; the other
+# Surrogates of the reference's configs and the paper (its Fig. 4). Objects: the paper maps airplane -> "sky"; the other
 # shipped objects use "ground" / "street"; we default to "sky" and expect users to set a guide per object.
 SURROGATES: dict[str, str] = {
     "object": "sky",

@@ -1,8 +1,9 @@
 """MACE stage 1: closed-form cross-attention refinement (CFR) of every K/V projection, for all concepts at once.
 
-Research note mace.md 1.4. In each ``old`` prompt (template + concept) the tokens around the concept phrase (BOS
-and prefix words, the words after the phrase, EOS and the padding) are mapped to what the *original* weights give in
-the ``new`` prompt (same template, surrogate instead of concept); the concept tokens themselves are left to stage 2.
+Paper Eq. 1-2 with a ridge term; docs/methods/mace.md ("What it does", step 1, and "Memory"). In each ``old``
+prompt (template + concept) the tokens around the concept phrase (BOS and prefix words, the words after the phrase,
+EOS and the padding) are mapped to what the *original* weights give in the ``new`` prompt (same template, surrogate
+instead of concept); the concept tokens themselves are left to stage 2.
 For every K/V matrix ``W`` with original ``W0``:
 
     min_W  sum_i ||W c_i - W0 g_i||^2 + lam ||W - W0||_F^2 + alpha sum_p ||W e_p - W0 e_p||^2
@@ -13,10 +14,11 @@ For every K/V matrix ``W`` with original ``W0``:
 
 Every target is produced by the same matrix's original weights, so ``W = W0 T`` with one d x d matrix ``T`` shared by
 all 32 projections (the identity UCE uses): the sums are d x d, accumulated concept by concept, and memory does not
-grow with the number of concepts (the reference keeps every target vector, about 23 GB for 100 concepts, note 4).
+grow with the number of concepts (the reference keeps every target vector, about 23 GB for 100 concepts).
 
-Preservation statistics ``P`` are sums over all 77 positions of captions (the reference's COCO "prior" cache) and of
-retained texts (its "domain" cache), cached on disk per text encoder and caption set.
+Preservation statistics ``P`` are sums over all 77 positions of captions (the reference's COCO "prior" cache; here
+any caption source of ``erasekit.sources.CAPTIONS``) and of retained texts (its "domain" cache), cached on disk per
+text encoder and caption set.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import hashlib
 from collections.abc import Sequence
 
 import torch
+from rich.progress import Progress
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ...concepts import Concept
 from ...errors import TokenizationError
@@ -34,6 +36,8 @@ from ...io import atomic_file
 from ...linalg import cross, gram, ridge_solve
 from ...models.adapter import ModelAdapter
 from ...models.loading import cache_dir
+from ...progress import progress_bar
+from ...sources import CAPTIONS
 from .prompts import prompt_pairs
 
 REFERENCE_CAPTIONS = 616_767
@@ -66,13 +70,14 @@ def unpadded_ids(model: ModelAdapter, text: str) -> list[int]:
 
 
 def cfr_statistics(
-    model: ModelAdapter, concepts: Sequence[Concept], n_templates: int, progress: bool = False
+    model: ModelAdapter, concepts: Sequence[Concept], n_templates: int, bar: Progress | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum c c^T, sum g c^T)`` over the aligned rows of every concept's prompt pairs, float64 ``[d, d]`` each.
 
     Concepts sharing a surrogate (e.g. 100 celebrities -> "a person") share their ``new`` prompts, which are encoded
-    once per group: text encoding is most of this stage's cost.
+    once per group: text encoding is most of this stage's cost. ``bar`` counts the concepts done.
     """
+    bar = bar or progress_bar(False)
     d = model.embedding_dim
     S_cc = torch.zeros(d, d, dtype=torch.float64)
     S_gc = torch.zeros(d, d, dtype=torch.float64)
@@ -80,7 +85,7 @@ def cfr_statistics(
     for concept in concepts:
         old, new = prompt_pairs(concept, n_templates)
         groups.setdefault(tuple(new), []).append((old, concept))
-    bar = tqdm(total=len(concepts), desc="MACE stage 1: prompt pairs", disable=not progress, leave=False)
+    task = bar.add_task("MACE stage 1: prompt pairs", total=len(concepts))
     for new, members in groups.items():
         e_new = model.encode(list(new))
         ids_new = [unpadded_ids(model, text) for text in new]
@@ -91,8 +96,7 @@ def cfr_statistics(
                 c = e_old[j, idx_old]
                 S_cc += gram(c)
                 S_gc += cross(e_new[j, idx_new], c)
-            bar.update()
-    bar.close()
+            bar.advance(task)
     return S_cc, S_gc
 
 
@@ -106,11 +110,11 @@ def refine_transform(S_cc: torch.Tensor, S_gc: torch.Tensor, preserve: torch.Ten
 
 
 # ----------------------------------------------------------------------------------------- preservation statistics
-def text_gram(model: ModelAdapter, texts: Sequence[str], progress: bool = False, chunk: int = 64) -> torch.Tensor:
+def text_gram(model: ModelAdapter, texts: Sequence[str], bar: Progress | None = None, chunk: int = 64) -> torch.Tensor:
     """``sum e e^T`` over all 77 positions (BOS, words, EOS, padding) of every text, float64 ``[d, d]``."""
     d = model.embedding_dim
     total = torch.zeros(d, d, dtype=torch.float64)
-    for start in tqdm(range(0, len(texts), chunk), desc="MACE: caption statistics", disable=not progress, leave=False):
+    for start in (bar or progress_bar(False)).track(range(0, len(texts), chunk), description="MACE: text statistics"):
         total += gram(model.encode(list(texts[start : start + chunk])).reshape(-1, d))
     return total
 
@@ -127,17 +131,10 @@ def encodable(model: ModelAdapter, texts: Sequence[str]) -> list[str]:
     return kept
 
 
-def coco_captions(n: int) -> list[str]:
-    """The first ``n`` captions of the shipped MS-COCO 30k set (CC BY 4.0, see ``data/prompts/NOTICE``)."""
-    from ...eval.prompts import BUILTIN_SETS
-
-    return [row.prompt for row in BUILTIN_SETS["coco30k"]()[:n]]
-
-
-def cached_text_gram(model: ModelAdapter, texts: Sequence[str], progress: bool = False) -> torch.Tensor:
+def cached_text_gram(model: ModelAdapter, texts: Sequence[str], bar: Progress | None = None) -> torch.Tensor:
     """:func:`text_gram`, stored under ``$ERASEKIT_CACHE/mace`` keyed by text encoder weights and the texts.
 
-    The reference computes its COCO cache once per base model (note 1.4); so do we, but for any caption set.
+    The reference computes its COCO cache once per base model; so do we, but for any caption set.
     """
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
     tokenizer = f"{type(model.tokenizer).__name__}{len(model.tokenizer)}"
@@ -145,36 +142,29 @@ def cached_text_gram(model: ModelAdapter, texts: Sequence[str], progress: bool =
     path = cache_dir() / "mace" / f"gram-{key}.safetensors"
     if path.is_file():
         return load_file(str(path))["gram"]
-    total = text_gram(model, texts, progress)
+    total = text_gram(model, texts, bar)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         save_file({"gram": total}, str(tmp), metadata={"texts": str(len(texts))})
     return total
 
 
-def world_captions(n: int, exclude: Sequence[str] = ()) -> list[str]:
-    """Training captions of the benchmark world (its analogue of MS-COCO: captions of the model's own training
-    distribution), without those naming an excluded (erased) text."""
-    from ...concepts import normalize
-    from ...world.generator import generate_mixed
-
-    banned = [normalize(text) for text in exclude]
-    captions = (generate_mixed(seed).caption for seed in range(n))
-    return [c for c in captions if not any(b in normalize(c) for b in banned)]
-
-
 def prior_gram(
-    model: ModelAdapter, n_captions: int, source: str = "coco", exclude: Sequence[str] = (), progress: bool = False
+    model: ModelAdapter,
+    n_captions: int,
+    source: str = "coco",
+    exclude: Sequence[str] = (),
+    bar: Progress | None = None,
 ) -> torch.Tensor:
     """The caption prior ``P`` from ``n_captions`` captions, rescaled to the reference's 616,767-caption mass.
 
-    ``source`` is ``coco`` (the shipped MS-COCO captions, as the reference) or ``world`` (the benchmark world's
-    training captions, minus those naming an ``exclude`` text). Rescaling keeps the reference's preservation scales
-    (e.g. 1e-4) meaningful for a subset: the sum over 617k captions is about 617k/n times the sum over n of them.
+    ``source`` names a caption source (``erasekit.sources.CAPTIONS``: ``coco``, the shipped MS-COCO captions as in
+    the reference, or one a plugin adds), which may drop captions naming an ``exclude`` text. Rescaling keeps the
+    reference's preservation scales (e.g. 1e-4) meaningful for a subset: the sum over 617k captions is about 617k/n
+    times the sum over n of them.
     """
     if n_captions == 0:
         d = model.embedding_dim
         return torch.zeros(d, d, dtype=torch.float64)
-    captions = coco_captions(n_captions) if source == "coco" else world_captions(n_captions, exclude)
-    captions = encodable(model, captions)
-    return cached_text_gram(model, captions, progress) * (REFERENCE_CAPTIONS / len(captions))
+    captions = encodable(model, CAPTIONS.get(source)(n_captions, exclude))
+    return cached_text_gram(model, captions, bar) * (REFERENCE_CAPTIONS / len(captions))
