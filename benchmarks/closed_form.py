@@ -5,7 +5,7 @@ text encoder from its config; the real CLIP tokenizer; a tiny VAE, never used by
 (default settings) and RECE (3 epochs) for 1, 10 and 100 celebrity names with 100 artist names preserved (MACE's
 lists). Each fit is timed end to end; every call to the text encoder (``ModelAdapter.encode``) is timed separately,
 so "edit" is everything else: token bookkeeping, Grams, solves and the ``W @ T`` products for the 32 K/V matrices.
-The claim checked (research note rece_uce.md 1.10): the edit costs less than the text encoding it needs.
+The claim checked (docs/methods/uce.md, "What it does"): the edit costs less than the text encoding it needs.
 
 Peak memory is the process's peak resident set during the fit minus its resident set before it (Linux: the
 high-water mark is reset through ``/proc/self/clear_refs``, after glibc has returned freed memory to the system), i.e.

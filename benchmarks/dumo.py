@@ -5,11 +5,11 @@ Two models: the benchmark world (``erasekit:world``, trained) and the full SD1.x
 
 * ``unet ms``: one classifier-free-guidance UNet call (batch 2), median of ``--repeat`` calls, no gradients;
   ``+dumo ms``: the same call with a DuMo edit attached (the EPR runs on both halves, the hook adds its 13
-  residuals); ``overhead`` = their ratio - 1. The note's estimate is ~40% (an encoder pass; dumo_gloce.md 1.9.10).
+  residuals); ``overhead`` = their ratio - 1. Our estimate was ~40% (one extra encoder pass; docs/methods/dumo.md).
 * ``update s``: one optimisation step without its trajectory (DDIM depth 0): the frozen model's target
   predictions, the trained model's forward and backward, Adam; measured as a fit's seconds / steps with
-  ``ddim_steps=1`` (so every step draws depth 0). A real step adds its partial trajectory: on average
-  ``(ddim_steps - 1) / 2`` guided UNet calls, i.e. ``step s`` = update + that many ``unet ms`` (ddim_steps 20 on the
+  ``sampling_steps=1`` (so every step draws depth 0). A real step adds its partial trajectory: on average
+  ``(sampling_steps - 1) / 2`` guided UNet calls, i.e. ``step s`` = update + that many ``unet ms`` (20 on the
   world, 50 on SD).
 * ``peak MiB``: the most resident memory the fit added on top of the loaded pipeline (Linux high-water mark reset
   before each fit, as in closed_form.py). On a CUDA device, ``cuda peak MiB`` from the allocator instead.
@@ -47,8 +47,9 @@ from rich.table import Table
 
 from erasekit.concepts import ConceptSet
 from erasekit.edits import Edit
-from erasekit.methods import ESD, DuMo
-from erasekit.methods.dumo import KIND, DuMoNetwork, base_names
+from erasekit.methods.dumo.method import DuMo, base_names
+from erasekit.methods.dumo.modules import KIND, DuMoNetwork
+from erasekit.methods.esd import ESD
 from erasekit.models import ModelAdapter, load_pipeline
 from erasekit.models.loading import quiet_libraries
 
@@ -125,7 +126,7 @@ def bench_model(name: str, pipe: Any, steps: int, repeat: int, console: Console,
     dumo.remove(pipe)
     epr_params = sum(t.numel() for t in dumo.modules.values())
     console.print(f"{name}: UNet call {plain:.1f} ms, with DuMo {with_dumo:.1f} ms (+{with_dumo / plain - 1:.0%})")
-    common = {"steps": steps, "ddim_steps": 1, "progress": False}
+    common = {"steps": steps, "sampling_steps": 1, "progress": False}
     methods = {"ESD-x": ESD(train_method="x", **common), "DuMo": DuMo(**common)}
     if esd_u:
         methods["ESD-u"] = ESD(train_method="u", **common)
@@ -143,7 +144,7 @@ def bench_model(name: str, pipe: Any, steps: int, repeat: int, console: Console,
         "unet_call_ms": plain,
         "unet_call_with_dumo_ms": with_dumo,
         "dumo_overhead": with_dumo / plain - 1,
-        "trajectory_ddim_steps": depth,
+        "trajectory_sampling_steps": depth,
         "training": training,
     }
 

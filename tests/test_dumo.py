@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sample_image
 
 from erasekit.concepts import ConceptSet
 from erasekit.edits import Edit
 from erasekit.errors import BaseModelMismatchError, ConfigError
-from erasekit.methods import DuMo
-from erasekit.methods.dumo import TLMO, DuMoNetwork, PromptGate, attach_dumo, share_across_cfg_halves
+from erasekit.methods.dumo.method import DuMo
+from erasekit.methods.dumo.modules import TLMO, DuMoNetwork, PromptGate, attach_dumo, share_across_cfg_halves
 from erasekit.methods.training import TrainingConfig, objective_value
 from erasekit.models import ModelAdapter, load_pipeline
-from helpers import sample_image
 
-FAST = {"ddim_steps": 4, "lr": 3e-3, "tlmo_lr": 1e-2, "progress": False}
+FAST = {"sampling_steps": 4, "lr": 3e-3, "tlmo_lr": 1e-2, "progress": False}
 CONCEPTS = ConceptSet.build([{"text": "dog", "kind": "style"}], preserve=["cat"])
 
 
 def mean_loss(base, edited) -> float:
-    return objective_value(ModelAdapter(base), edited, [("dog", "")], TrainingConfig(ddim_steps=4))
+    return objective_value(ModelAdapter(base), edited, [("dog", "")], TrainingConfig(sampling_steps=4))
 
 
 def untrained_tensors(pipe) -> dict[str, torch.Tensor]:
@@ -138,3 +138,13 @@ def test_dumo_rejects_bad_settings():
         DuMo(tlmo="spatial")
     with pytest.raises(ConfigError, match="preserve_weight"):
         DuMo(preserve_weight=-1.0)
+    with pytest.raises(ConfigError, match=r"dumo params\.tlmo_buckets: must be > 0, got 0"):
+        DuMo(tlmo_buckets=0)
+
+
+def test_dumo_world_preset_is_the_cpu_recipe_under_the_users_values():
+    cfg = DuMo(preset="world").settings()
+    assert (cfg.steps, cfg.lr, cfg.zero_conv_lr, cfg.tlmo_lr) == (200, 1e-4, 1e-3, 1e-2)
+    assert (cfg.sampling_steps, cfg.negative_guidance) == (20, 4.0)
+    assert DuMo(preset="world", negative_guidance=2.0).settings().negative_guidance == 2.0
+    assert DuMo().settings().sampling_steps == 50

@@ -12,7 +12,7 @@ from erasekit.methods.esd import trainable_names
 from erasekit.methods.training import TrainingConfig, autocast, objective_value
 from erasekit.models import ModelAdapter, load_pipeline
 
-FAST = {"ddim_steps": 4, "lr": 1e-3, "progress": False}
+FAST = {"sampling_steps": 4, "lr": 1e-3, "progress": False}
 CONCEPTS = ConceptSet.build(["dog"], preserve=["cat"])
 
 
@@ -72,6 +72,15 @@ def test_esd_rejects_bad_settings():
         ESD(train_method="xattn")
     with pytest.raises(ConfigError, match="negative_guidance"):
         ESD(negative_guidance=-1.0)
+    with pytest.raises(ConfigError, match=r"esd params\.sampling_steps: must be > 0, got 0"):
+        ESD(sampling_steps=0)
+
+
+def test_esd_world_preset_is_the_cpu_recipe_under_the_users_values():
+    assert (ESD(preset="world").settings().steps, ESD(preset="world").settings().lr) == (150, 2e-4)
+    assert ESD(preset="world").settings().sampling_steps == 20
+    assert ESD(preset="world", steps=7).settings().steps == 7
+    assert ESD().settings().sampling_steps == 50
 
 
 def test_auto_mixed_precision_is_off_on_cpu():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from erasekit import ConceptSet, Edit
+from erasekit.errors import ConfigError
 from erasekit.methods.rece import RECE, derive_embedding, original_gram
 from erasekit.methods.uce import UCE
 
@@ -102,6 +104,17 @@ def test_rece_validator_keeps_the_best_epoch(tiny_model):
     one_epoch = RECE(epochs=1).fit(tiny_model, concepts)
     assert all(torch.equal(edit.weights[k], one_epoch.weights[k]) for k in edit.weights)
     assert torch.equal(calls[1][1], one_epoch.weights[next(iter(one_epoch.weights))]), "validator saw epoch 1"
+
+
+def test_rece_validator_is_a_declared_keyword_only_fit_option(tiny_model):
+    assert RECE.fit_options() == ["validator"]
+    with pytest.raises(TypeError):
+        RECE(epochs=0).fit(tiny_model, ConceptSet.build(["dog"]), lambda epoch, model: 0.0)
+
+
+def test_rece_rejects_a_zero_lambda_reg_naming_it():
+    with pytest.raises(ConfigError, match=r"rece params\.lambda_reg: must be > 0, got 0"):
+        RECE(lambda_reg=0)
 
 
 def test_rece_epochs_default_per_kind(tiny_model):

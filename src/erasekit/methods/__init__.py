@@ -20,8 +20,8 @@ _EXPORTS = {
     "RECEConfig": "rece",
     "ESD": "esd",
     "ESDConfig": "esd",
-    "DuMo": "dumo",
-    "DuMoConfig": "dumo",
+    "DuMo": "dumo.method",
+    "DuMoConfig": "dumo.method",
     "GLoCE": "gloce.method",
     "GLoCEConfig": "gloce.method",
     "MACE": "mace.method",
@@ -29,7 +29,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .dumo import DuMo, DuMoConfig
+    from .dumo.method import DuMo, DuMoConfig
     from .esd import ESD, ESDConfig
     from .gloce.method import GLoCE, GLoCEConfig
     from .mace.method import MACE, MACEConfig

@@ -22,7 +22,7 @@ pipeline is restored after fitting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,7 +30,6 @@ from torch import nn
 from ..concepts import ConceptSet
 from ..edits import Edit
 from ..models.adapter import ModelAdapter, tensors_fingerprint
-from ..validation import to_dict
 from .base import Method, register_method
 from .training import (
     NegativeGuidanceObjective,
@@ -42,6 +41,7 @@ from .training import (
 )
 
 TrainMethod = Literal["x", "u", "full", "x-strict"]
+
 
 @dataclass
 class ESDConfig(TrainingConfig):
@@ -107,9 +107,6 @@ class ESD(Method):
                     objective, dict(params), [{"params": list(params.values()), "lr": cfg.lr}], cfg, identity,
                     f"ESD-{cfg.train_method}",
                 )  # fmt: skip
-            weights = {n: p.detach().clone() for n, p in params.items()}
         finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(originals[name])
+            weights = model.replace_weights(originals)  # restores the pipeline; returns the trained tensors
         return Edit.from_weights(self.name, config, concepts.to_dict(), model, weights, info={"training": record})

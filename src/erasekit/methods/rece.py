@@ -1,7 +1,7 @@
 """RECE: Reliable and Efficient Concept Erasure (Gong et al., ECCV 2024, arXiv 2407.12383).
 
 RECE runs UCE, then for K epochs finds the text embedding that *still* regenerates each erased concept on the edited
-model, and erases that embedding too (research note rece_uce.md section 2):
+model, and erases that embedding too (docs/methods/rece.md, "What it does"):
 
 1. Derive (closed form, variant ``regzero``): for the bare concept's 77 token rows ``c``,
 
@@ -29,15 +29,14 @@ import torch
 
 from ..concepts import ConceptSet
 from ..edits import Edit
-from ..errors import ConfigError
 from ..linalg import gram, ridge_solve
 from ..models.adapter import ModelAdapter
-from ..validation import to_dict
-from .base import Method, register_method, guide_for
+from ..validation import check_at_least
+from .base import Method, guide_for, register_method
 from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_transform
 
-# Per-kind presets from the authors' README, model card and scripts (docs/methods/rece.md). Celebrities are not in
-# RECE's code: we use the art settings (small lambda_reg, one epoch), a documented choice.
+# Per-kind presets from the authors' README, model card and scripts. Celebrities are not in RECE's code: they take
+# the art settings, for the reasons in docs/methods/rece.md ("Settings per kind").
 PRESETS: dict[str, dict[str, Any]] = {
     "explicit": {"epochs": 3, "lambda_reg": 0.1},
     "style": {"epochs": 1, "lambda_reg": 1e-3},
@@ -64,14 +63,8 @@ class RECEConfig:
     preserve_scale: float = field(default=0.1, metadata={"help": "preserve weight of each RECE edit (lambda_1 = 0.1)"})
 
     def __post_init__(self) -> None:
-        if self.epochs is not None and self.epochs < 0:
-            raise ConfigError(f"rece params.epochs must be >= 0, got {self.epochs}")
-        for name in ("lambda_reg", "lamb", "erase_scale", "preserve_scale"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"rece params.{name} must be >= 0, got {value}")
-        if self.lambda_reg == 0:
-            raise ConfigError("rece params.lambda_reg must be > 0 (it keeps the derivation well posed)")
+        check_at_least(self, "rece params", 0, ("epochs", "lamb", "erase_scale", "preserve_scale"))
+        check_at_least(self, "rece params", 0, ("lambda_reg",), strict=True)  # keeps the derivation well posed
 
 
 def derive_embedding(c: torch.Tensor, T: torch.Tensor, G: torch.Tensor, lambda_reg: float) -> torch.Tensor:
@@ -98,18 +91,19 @@ class RECE(Method):
     config_class = RECEConfig
     presets = PRESETS
 
-    def fit(self, model: ModelAdapter, concepts: ConceptSet, validator: Validator | None = None) -> Edit:
-        cfg = self.config
+    def fit(self, model: ModelAdapter, concepts: ConceptSet, *, validator: Validator | None = None) -> Edit:
+        cfg = self.settings()
         d = model.embedding_dim
         words = [c.text for c in concepts]
         guide_texts = [guide_for(c) for c in concepts]
         preserve = preserve_list(concepts, empty=True)
-        # All 77 rows of the bare words (note 6.5), guides and preserved texts. Each distinct text is encoded once and
-        # the UCE stage reuses these encodings: text encoding is most of what RECE costs (note 1.10).
+        # All 77 rows of the bare words (not templated prompts), guides and preserved texts. Each distinct text is
+        # encoded once and the UCE stage reuses these encodings: text encoding is most of what RECE costs
+        # (docs/methods/rece.md, "Cost").
         texts = list(dict.fromkeys([*words, *guide_texts, *preserve]))
         embeddings = dict(zip(texts, model.encode(texts), strict=True))
         T = UCE(cfg.uce).transform(model, concepts, embeddings)
-        originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)
+        originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)  # live, left unchanged
         G = original_gram(originals)
         per_kind = {kind: self.settings(kind) for kind in dict.fromkeys(c.kind for c in concepts)}
         epochs = max(per_kind[c.kind].epochs for c in concepts)
@@ -141,31 +135,12 @@ class RECE(Method):
             T = T @ T_k
             history.append(T)
 
-        scores = self._validate(model, originals, history, validator) if validator is not None else []
+        scores = []  # of every epoch (0 = the UCE stage), with its weights temporarily in the model
+        for epoch, T_epoch in enumerate(history if validator is not None else []):
+            with model.temporary_weights(transform_weights(originals, T_epoch)):
+                scores.append(float(validator(epoch, model)))
         best = min(range(len(scores)), key=scores.__getitem__) if scores else len(history) - 1
         weights = transform_weights(originals, history[best])
         info = {"epochs_run": epochs, "selected_epoch": best, "validation_scores": scores}
-        return Edit.from_weights(self.name, to_dict(cfg), concepts.to_dict(), model, weights, extras=derived, info=info)
-
-    @staticmethod
-    def _validate(
-        model: ModelAdapter,
-        originals: dict[str, torch.Tensor],
-        history: list[torch.Tensor],
-        validator: Validator,
-    ) -> list[float]:
-        """Score every epoch (0 = the UCE stage) with its weights temporarily in the model."""
-        saved = {n: w.detach().clone() for n, w in originals.items()}
-        params = model.unet_parameters(list(originals))
-        scores = []
-        try:
-            for epoch, T in enumerate(history):
-                with torch.no_grad():
-                    for name, w in transform_weights(saved, T).items():
-                        params[name].copy_(w)
-                scores.append(float(validator(epoch, model)))
-        finally:
-            with torch.no_grad():
-                for name, w in saved.items():
-                    params[name].copy_(w)
-        return scores
+        config = self.edit_config(cfg)
+        return Edit.from_weights(self.name, config, concepts.to_dict(), model, weights, extras=derived, info=info)

@@ -3,16 +3,16 @@
 ESD (Gandikota et al., ICCV 2023) trains a copy of the UNet so that, for the erased prompt ``c``, it predicts the
 frozen model's noise pushed *away* from ``c``. We follow the authors' 2025 diffusers rewrite (``esd_sd.py``):
 
-1. draw a DDIM index ``k`` uniformly in ``[0, ddim_steps)`` and run the *frozen* model ``k`` DDIM steps from pure
+1. draw a DDIM index ``k`` uniformly in ``[0, sampling_steps)`` and run the *frozen* model ``k`` DDIM steps from pure
    noise with prompt ``c`` at guidance ``start_guidance``: a latent ``x_t`` the model would actually visit, at the
    noise level of DDIM timestep ``t = timesteps[k]`` (the 2023 code evaluated the model at a DDPM timestep drawn
-   around ``k / ddim_steps * 1000``, which is *not* the noise level of ``x_t``; the rewrite fixed this, so do we);
+   around ``k / sampling_steps * 1000``, which is *not* the noise level of ``x_t``; the rewrite fixed this, so do we);
 2. target ``eps* = eps_0(x_t, c) - eta (eps_0(x_t, c) - eps_0(x_t, a))`` with ``eps_0`` the frozen model and ``a`` the
    anchor: the empty prompt (ESD), or the concept's guide when ``anchor="guide"``. ``eta`` is the rewrite's
    ``negative_guidance`` (default 2, which equals the 2023 form ``eps_0(a) - 1 * (eps_0(c) - eps_0(a))``);
 3. loss ``||eps_phi(x_t, c) - eps*||^2`` for the trained model ``eps_phi``, plus, when ``preserve_weight > 0``,
    ``preserve_weight * ||eps_phi(x_t, p) - eps_0(x_t, p)||^2`` for a preserved prompt ``p`` on the same latent (not in
-   ESD; the term DuMo's note recommends, research note dumo_gloce.md 1.6 step 4).
+   ESD; step 2 of our DuMo recipe, docs/methods/dumo.md "The training recipe").
 
 Methods plug in two callables, ``student(x, t, emb)`` (with gradients) and ``teacher(x, t, emb)`` (frozen), and the
 named tensors to optimise. The loop adds what a long CPU/GPU fine-tune needs: every random draw of step ``i`` comes
@@ -55,8 +55,8 @@ RESUMABLE = ("steps", "checkpoint_every", "progress", "work_dir")
 class TrainingConfig:
     """Hyper-parameters of the negative-guidance fine-tune (shared by ESD and DuMo).
 
-    Defaults are the SD1.x recipe of the ESD 2025 rewrite; ``WORLD_PARAMS`` in each method file are the CPU-sized
-    settings for the benchmark world.
+    Defaults are the SD1.x recipe of the ESD 2025 rewrite; the benchmark world registers CPU-sized settings as each
+    method's preset ``world``.
     """
 
     steps: int = field(default=200, metadata={"help": "optimisation steps (ESD 2025 rewrite: 200)"})
@@ -67,7 +67,9 @@ class TrainingConfig:
     start_guidance: float = field(
         default=3.0, metadata={"help": "classifier-free guidance of the partial trajectory that makes x_t"}
     )
-    ddim_steps: int = field(default=50, metadata={"help": "DDIM steps of the trajectory; x_t stops at a uniform one"})
+    sampling_steps: int = field(
+        default=50, metadata={"help": "DDIM steps of the trajectory; x_t stops at a uniform one"}
+    )
     anchor: Literal["empty", "guide"] = field(
         default="empty",
         metadata={"help": "what the concept is pushed away from/toward: 'empty' prompt (ESD) or the concept's guide"},
@@ -90,7 +92,7 @@ class TrainingConfig:
 
     def check(self, where: str) -> None:
         """Range checks shared by the subclasses (called from their ``__post_init__``)."""
-        check_at_least(self, where, 0, ("steps", "lr", "ddim_steps", "batch_size", "checkpoint_every"), strict=True)
+        check_at_least(self, where, 0, ("steps", "lr", "sampling_steps", "batch_size", "checkpoint_every"), strict=True)
         check_at_least(self, where, 0, ("negative_guidance", "start_guidance", "preserve_weight"))
 
 
@@ -148,7 +150,7 @@ class NegativeGuidanceObjective:
         self.device, self.dtype = unet.device, unet.dtype
         self.emb = dict(zip(texts, model.encode(texts).to(self.device, self.dtype), strict=True))
         self.scheduler = DDIMScheduler.from_config(model.pipe.scheduler.config)
-        self.scheduler.set_timesteps(cfg.ddim_steps, device=self.device)
+        self.scheduler.set_timesteps(cfg.sampling_steps, device=self.device)
         size = unet.config.sample_size
         self.latent_shape = (cfg.batch_size, unet.config.in_channels, size, size)
 
@@ -172,7 +174,7 @@ class NegativeGuidanceObjective:
         """One step's loss (with gradients to the student's tensors); all randomness comes from ``generator``."""
         cfg = self.cfg
         text, anchor = self.pairs[int(torch.randint(len(self.pairs), (1,), generator=generator))]
-        k = int(torch.randint(cfg.ddim_steps, (1,), generator=generator))
+        k = int(torch.randint(cfg.sampling_steps, (1,), generator=generator))
         preserved = (
             self.preserve[int(torch.randint(len(self.preserve), (1,), generator=generator))] if self.preserve else None
         )

@@ -9,10 +9,11 @@ For every cross-attention key/value projection ``W`` (``attn2.to_k``, ``attn2.to
     W = W_old (lam I + s_e sum g c^T + s_p sum r r^T)(lam I + s_e sum c c^T + s_p sum r r^T)^-1 = W_old T.
 
 Because every target is produced by the same matrix's pre-edit weights, ``T`` is one d x d matrix shared by all 32
-projections (research note rece_uce.md 1.9): one solve instead of 32, and an edit that is exactly "apply T to every
-text token before K/V".
+projections (docs/methods/uce.md, "What it does"): one solve instead of 32, and an edit that is exactly "apply T to
+every text token before K/V".
 
-Which token rows are used is the biggest difference between the official codes (note 1.3); ``token_policy`` picks it:
+Which token rows are used is the biggest difference between the official codes (docs/methods/uce.md, "Token
+policies"); ``token_policy`` picks it:
 
 - ``uce_legacy`` (default; the code behind the paper's numbers and RECE's UCE stage): the concept's last word token
   and the EOS/padding rows after it, aligned one-to-one with the guide's last word token onward; preserved texts
@@ -34,12 +35,12 @@ from ..edits import Edit
 from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
-from ..validation import check_at_least, to_dict
-from .base import Method, register_method, guide_for
+from ..validation import check_at_least
+from .base import Method, guide_for, register_method
 
 TokenPolicy = Literal["uce_legacy", "uce_2025", "rece"]
 
-# Legacy `--add_prompts` templates (note 1.4); the guide is kept untemplated, as in the reference.
+# The legacy code's `--add_prompts` templates (docs/methods/uce.md, "Templates"); the guide stays untemplated, as there.
 TEMPLATES = {
     "style": ("painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"),
     "object": ("image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"),
@@ -188,16 +189,16 @@ class UCE(Method):
     config_class = UCEConfig
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
-        cfg = self.config
+        cfg = self.settings()
         T = self.transform(model, concepts)
         weights = transform_weights(selected_weights(model, cfg.edit_keys, cfg.edit_values), T)
-        return Edit.from_weights(self.name, to_dict(cfg), concepts.to_dict(), model, weights)
+        return Edit.from_weights(self.name, self.edit_config(cfg), concepts.to_dict(), model, weights)
 
     def transform(
         self, model: ModelAdapter, concepts: ConceptSet, embeddings: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """The shared ``T`` for ``concepts`` (RECE starts from it, passing the text ``embeddings`` it already has)."""
-        cfg = self.config
+        cfg = self.settings()
         pairs = erase_pairs(concepts, cfg.templates, cfg.erase_synonyms)
         preserve = preserve_list(concepts, cfg.preserve_empty)
         C, G, R = token_rows(model, pairs, preserve, cfg.token_policy, embeddings)
