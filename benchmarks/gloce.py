@@ -42,8 +42,8 @@ from erasekit.models import ModelAdapter
 from erasekit.models.loading import quiet_libraries
 
 RANK, GATE_RANK = 2, 1
-# celebrity preset (note 2.10): mapping 3 prompts x 3 seeds, target 3, gate centre 3, target calibration 3,
-# anchors 3 x 3 = 27 partial generations; recording steps 12-21 of 50 (10 steps), the loop stops after step 21.
+# celebrity preset (docs/methods/gloce.md, "How a fit runs"): mapping 3 prompts x 3 seeds, target 3, gate centre 3,
+# target calibration 3, anchors 3 x 3 = 27 partial generations; recording 10 of 50 steps, stopping after the 21st.
 GENERATIONS, STEPS_RUN, STEPS_RECORDED = 27, 21, 10
 
 

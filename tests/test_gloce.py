@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import sample_image
 
 from erasekit import Edit, load_edit, load_pipeline
 from erasekit.concepts import Concept, ConceptSet
 from erasekit.errors import ConfigError
-from erasekit.methods import GLoCE, get_method
-from erasekit.methods.gloce import merge_edits
+from erasekit.methods import get_method
 from erasekit.methods.gloce.core import (
     GateBasis,
     LayerModules,
@@ -25,11 +25,11 @@ from erasekit.methods.gloce.core import (
     replacement,
     top_eigenvectors,
 )
-from erasekit.methods.gloce.method import TextSimilarity, resolve_roles
+from erasekit.methods.gloce.method import GLoCE, merge_edits
+from erasekit.methods.gloce.roles import TextSimilarity, resolve_roles
 from erasekit.models import ModelAdapter
-from helpers import sample_image
 
-TINY = {"steps": 5, "guidance": 5.0, "seeds": 2, "progress": False}
+TINY = {"sampling_steps": 5, "guidance": 5.0, "seeds": 2, "progress": False}
 
 
 def _tokens(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -160,12 +160,16 @@ def test_layer_forward_applies_the_concept_with_the_largest_gate_to_each_token()
 
 
 def test_config_is_validated_up_front_and_presets_resolve_per_kind():
-    with pytest.raises(ConfigError, match="template"):
+    with pytest.raises(ConfigError, match=r"^gloce params\.template: must contain '\{\}' once"):
         GLoCE(template="a photo of")
-    with pytest.raises(ConfigError, match="collect_from"):
+    with pytest.raises(ConfigError, match=r"^gloce params\.collect_until: must be > collect_from \(0\.5\), got 0\.4$"):
         GLoCE(collect_from=0.5, collect_until=0.4)
-    with pytest.raises(ConfigError, match="thresh"):
+    with pytest.raises(ConfigError, match=r"^gloce params\.thresh: must be > 0, got 0"):
         GLoCE(thresh=0)
+    assert GLoCE().settings("explicit").eta == 5.0 and GLoCE().settings("style").update_rank == 1
+    assert GLoCE(eta=2.0).settings("explicit").eta == 2.0  # the user's value wins over the kind's preset
+    with pytest.raises(ConfigError, match="collect_until"):  # the preset's window [0.2, 0.4) would become empty
+        GLoCE(collect_from=0.5).settings("object")
     assert get_method("gloce") is GLoCE
     described = {name for name, _, _ in GLoCE.describe()}
     assert {"update_rank", "degen_rank", "gate_rank", "thresh", "eta", "active_from"} <= described
@@ -174,7 +178,7 @@ def test_config_is_validated_up_front_and_presets_resolve_per_kind():
 def test_roles_take_similar_preserved_concepts_as_anchors_and_dissimilar_ones_as_mapping(tiny_model):
     preserve = ["a red car", "a blue boat", "a green tree", "a cat", "a dog house", "two dogs"]
     concepts = ConceptSet.build([Concept("dog", kind="object")], preserve)
-    (roles,) = resolve_roles(tiny_model, concepts, GLoCE(n_anchors=2, n_mapping=2).config)
+    (roles,) = resolve_roles(tiny_model, concepts, GLoCE(n_anchors=2, n_mapping=2).settings)
     pool = [p for p in preserve if "dog" not in p]  # texts that contain the target are never roles
     sims = TextSimilarity(tiny_model, 8)("a photo of dog", [f"a photo of {p}" for p in pool])
     emb = tiny_model.encode(["a photo of dog", "a photo of a cat"])[:, 1:9]  # the definition, computed directly
@@ -185,19 +189,17 @@ def test_roles_take_similar_preserved_concepts_as_anchors_and_dissimilar_ones_as
     assert roles.mapping == [f"a photo of {p}" for p in order[::-1][:2]]
     assert roles.centre == "a photo of an object" and roles.target == ["a photo of dog"]
     mass = ConceptSet.build([Concept(t, kind="celebrity") for t in ("Anna Bell", "Anne Bell", "Zed Quux")])
-    first = resolve_roles(tiny_model, mass, GLoCE(n_anchors=1).config)[0]
+    first = resolve_roles(tiny_model, mass, GLoCE(n_anchors=1).settings)[0]
     sims = TextSimilarity(tiny_model, 8)("a photo of Anna Bell", ["a photo of Anne Bell", "a photo of Zed Quux"])
     # no preserved texts: the gate is anchored on the most similar other erased concept, mapped to the centre
     assert first.anchors == [["a photo of Anne Bell", "a photo of Zed Quux"][int(sims.argmax())]]
     assert first.mapping == [first.centre] == ["a photo of a person"]
-    alone = resolve_roles(tiny_model, mass, GLoCE(anchors_from_erased=False).config)[0]
+    alone = resolve_roles(tiny_model, mass, GLoCE(anchors_from_erased=False).settings)[0]
     assert alone.anchors == [alone.centre]
     explicit = ConceptSet.build([Concept("nudity", kind="explicit", guide="a clothed person")])
-    (roles,) = resolve_roles(tiny_model, explicit, GLoCE().config)
-    assert roles.mapping == ["a clothed person"] and roles.anchors == [
-        "a man in modest clothing",
-        "a woman in modest clothing",
-    ]
+    (roles,) = resolve_roles(tiny_model, explicit, GLoCE().settings)
+    assert roles.mapping == ["a clothed person"]
+    assert roles.anchors == ["a man in modest clothing", "a woman in modest clothing"]
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +290,7 @@ def test_world_localized_erasure_removes_the_church_and_keeps_the_fish():
 
     pipe = load_pipeline("erasekit:world")
     others = [o.name for o in OBJECTS if o.name != "church"]
-    edit = GLoCE(steps=20, guidance=5.0, progress=False).fit(
+    edit = GLoCE(sampling_steps=20, guidance=5.0, progress=False).fit(
         ModelAdapter(pipe), ConceptSet.build([Concept("church", kind="object")], others)
     )
     scene = ["a church on the left and a fish on the right"] * 6

@@ -23,7 +23,7 @@ _EXPORTS = {
     "DuMo": "dumo.method",
     "DuMoConfig": "dumo.method",
     "GLoCE": "gloce.method",
-    "GLoCEConfig": "gloce.method",
+    "GLoCEConfig": "gloce.config",
     "MACE": "mace.method",
     "MACEConfig": "mace.method",
 }
@@ -31,7 +31,8 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .dumo.method import DuMo, DuMoConfig
     from .esd import ESD, ESDConfig
-    from .gloce.method import GLoCE, GLoCEConfig
+    from .gloce.config import GLoCEConfig
+    from .gloce.method import GLoCE
     from .mace.method import MACE, MACEConfig
     from .rece import RECE, RECEConfig
     from .uce import UCE, UCEConfig

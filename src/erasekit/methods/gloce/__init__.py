@@ -1,5 +1,4 @@
 """GLoCE (CVPR 2025): training-free gated low-rank modules on the cross-attention outputs.
 
-``core`` holds the math (statistics, closed form, gate, calibration, the stacked layer forward), ``modules`` puts
-the modules into a pipeline and takes them out (module kind ``gloce``), ``method`` fits them.
-"""
+``core`` holds the math, ``modules`` puts the modules into a pipeline and takes them out (module kind ``gloce``: all
+an edit needs); ``method`` fits them with ``config`` (knobs, presets), ``roles`` (prompts) and ``statistics``."""

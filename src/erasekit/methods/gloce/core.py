@@ -1,4 +1,4 @@
-"""GLoCE's math: token statistics, closed-form low-rank map, gate and calibration (note dumo_gloce.md 2.4-2.8).
+"""GLoCE's math (Lee et al., CVPR 2025; docs/methods/gloce.md, "What it does"): statistics, low-rank map, gate.
 
 Everything here acts on the per-pixel image embeddings ``x`` (width ``d``) that a cross-attention output projection
 (``attn2.to_out.0``) produces. For one erased concept and one layer:
@@ -6,12 +6,12 @@ Everything here acts on the per-pixel image embeddings ``x`` (width ``d``) that 
 - target statistics ``mu_t``, ``Sigma_t`` -> ``U_t`` (top ``r_u`` eigenvectors); mapping statistics ``mu_m``,
   ``Sigma_m`` -> ``U_m`` (top ``r_m``); the gate centre's mean ``mu_n``;
 - the replacement ``x'' = mu_m + B A^T (x - mu_t)`` with ``B = U_m`` and ``A = (I - U_t U_t^T) U_m``, i.e.
-  ``x'' = P* x + b*``, ``P* = U_m U_m^T (I - U_t U_t^T)``, ``b* = mu_m - P* mu_t`` (2.5);
+  ``x'' = P* x + b*``, ``P* = U_m U_m^T (I - U_t U_t^T)``, ``b* = mu_m - P* mu_t``;
 - the gate score ``s(x) = ||G^T (x - mu_n)||^2 / ||x - mu_n||^2`` with ``G`` the top ``r_g`` eigenvectors of
-  ``Sigma_t + (mu_t - mu_n)(mu_t - mu_n)^T`` and the gate ``g(x) = sigmoid(k (s(x) - c))`` (2.6);
-- the layer output ``y = x + g (eta x'' - x)`` (= ``(1 - g) x + g eta x''``, 2.7), where ``eta`` scales the mean too.
+  ``Sigma_t + (mu_t - mu_n)(mu_t - mu_n)^T`` and the gate ``g(x) = sigmoid(k (s(x) - c))``;
+- the layer output ``y = x + g (eta x'' - x)`` (= ``(1 - g) x + g eta x''``), where ``eta`` scales the mean too.
 
-Many concepts are stacked along a leading dimension ``K``: every token takes the concept with the largest gate (2.8),
+Many concepts are stacked along a leading dimension ``K``: every token takes the concept with the largest gate,
 whose scores come from one matrix product per layer in factored form (no ``N x K x d`` difference tensor).
 """
 
@@ -28,7 +28,7 @@ from ...errors import NumericalError
 
 Calibration = Literal["hard", "soft"]
 POOL_SCALES: tuple[int, ...] = (1, 2, 4, 8)
-"""Multi-scale pooling of the token map for means and covariances (note 2.4): full resolution, 2x, 4x, 8x."""
+"""Multi-scale pooling of the token map for means and covariances: full resolution, 2x, 4x, 8x."""
 GATE_LOGIT_SPAN = math.log(0.99 / 0.01)
 """The gate goes from 0.01 to 0.99 over ``GATE_LOGIT_SPAN / k`` around its centre ``c``."""
 
@@ -129,11 +129,10 @@ def gate_directions(cov_t: torch.Tensor, mu_t: torch.Tensor, mu_n: torch.Tensor,
 
 
 def calibrate(anchor_maxima: torch.Tensor, thresh: float, mode: Calibration = "hard") -> tuple[float, float]:
-    """Gate centre ``c`` and slope ``k`` from the anchors' per-(prompt, seed, step) token maxima of ``s`` (note 2.6).
+    """Gate centre ``c`` and slope ``k`` from the anchors' per-(prompt, seed, step) token maxima of ``s``.
 
-    ``c = mean + thresh * std`` (unbiased std). ``hard`` (current reference code): ``k = ln 99 / (0.001 thresh)``,
-    a near step at ``c``. ``soft`` (the original release): the gate is 0.01 at ``c - 0.1 thresh std`` and 0.99 at
-    ``c + 0.1 thresh std``, ``k = ln 99 / (0.1 thresh std)``.
+    ``c = mean + thresh * std`` (unbiased std). ``hard``: ``k = ln 99 / (0.001 thresh)``, a near step at ``c``;
+    ``soft``: 0.01 at ``c - 0.1 thresh std``, 0.99 at ``c + 0.1 thresh std`` (docs/methods/gloce.md, Gate calibration).
     """
     values = anchor_maxima.detach().to(torch.float64).flatten()
     if values.numel() < 2:
@@ -150,7 +149,7 @@ class GateBasis:
 
     ``G`` is ``[K, d, r_g]`` (zero columns pad concepts of smaller gate rank) and ``mu_n`` ``[K, d]``. The numerator
     ``||G^T x - G^T mu_n||^2`` and the denominator ``||x||^2 - 2 x.mu_n + ||mu_n||^2`` both come from one product of
-    ``x`` with the ``d x K (r_g + 1)`` matrix ``[G | mu_n^T]`` (note 2.8).
+    ``x`` with the ``d x K (r_g + 1)`` matrix ``[G | mu_n^T]``.
     """
 
     def __init__(self, G: torch.Tensor, mu_n: torch.Tensor, eps: float = 1e-6) -> None:
@@ -178,7 +177,7 @@ class GateBasis:
 
 @dataclass
 class LayerModules:
-    """The stacked GLoCE modules of ``K`` concepts at one layer (the forward of note 2.7 with the merge of 2.8)."""
+    """The stacked GLoCE modules of ``K`` concepts at one layer: the layer output above, one concept per token."""
 
     A: torch.Tensor  # [K, d, r]  (the reference's lora_update)
     B: torch.Tensor  # [K, d, r]  (lora_degen)

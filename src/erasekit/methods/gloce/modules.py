@@ -3,7 +3,7 @@
 The pipeline is not copied and no module is replaced: a forward hook on every cross-attention output projection
 (``attn2.to_out.0``) rewrites that projection's output, and a forward pre-hook on the UNet reads the timestep of
 each call. Activation windows are therefore in timestep units (``progress = 1 - t / num_train_timesteps``), not in
-counted forward calls, which is the reference's main pitfall (note 2.14.1): they hold for any sampler, step count,
+counted forward calls as in the reference (docs/methods/gloce.md, "Choices"): they hold for any sampler, step count,
 batch layout or number of images. Removing the hooks restores the pipeline exactly.
 
 Artifact layout: per layer ``<layer>/<field>`` stacked over concepts (fields of :class:`LayerModules`), and in the
