@@ -106,7 +106,7 @@ def update_cost(method: Any, model: ModelAdapter, concepts: ConceptSet) -> dict[
         base_cuda = torch.cuda.memory_allocated()
     edit = method.fit(model, concepts)
     out = {
-        "update_s": edit.info["training"]["seconds"] / edit.info["training"]["steps"],
+        "update_s": edit.log["training_seconds"] / edit.info["training"]["steps"],
         "peak_mib": (resident_kib("VmHWM") - before) / 1024,
         "trained_params": sum(t.numel() for t in {**edit.weights, **edit.modules}.values()),
     }

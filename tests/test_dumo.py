@@ -121,7 +121,7 @@ def test_dumo_resumed_run_ends_with_identical_network(tiny_model, tmp_path):
     straight = DuMo(steps=4, work_dir=str(tmp_path / "a"), **FAST).fit(tiny_model, CONCEPTS)
     DuMo(steps=2, work_dir=str(tmp_path / "b"), **FAST).fit(tiny_model, CONCEPTS)
     resumed = DuMo(steps=4, work_dir=str(tmp_path / "b"), **FAST).fit(tiny_model, CONCEPTS)
-    assert resumed.info["training"]["resumed_from"] == 2
+    assert resumed.log["resumed_from"] == 2
     assert set(straight.modules) == set(resumed.modules)
     assert all(torch.equal(straight.modules[n], resumed.modules[n]) for n in straight.modules)
 

@@ -53,7 +53,7 @@ def test_esd_resumed_run_ends_with_identical_weights(tiny_model, tmp_path):
     straight = ESD(steps=4, work_dir=str(tmp_path / "a"), checkpoint_every=1, **FAST).fit(tiny_model, CONCEPTS)
     ESD(steps=2, work_dir=str(tmp_path / "b"), **FAST).fit(tiny_model, CONCEPTS)
     resumed = ESD(steps=4, work_dir=str(tmp_path / "b"), **FAST).fit(tiny_model, CONCEPTS)
-    assert resumed.info["training"]["resumed_from"] == 2
+    assert resumed.log["resumed_from"] == 2
     assert all(torch.equal(straight.weights[n], resumed.weights[n]) for n in straight.weights)
     with pytest.raises(ConfigError, match="other settings"):
         ESD(steps=4, work_dir=str(tmp_path / "b"), **{**FAST, "lr": 2e-3}).fit(tiny_model, CONCEPTS)

@@ -13,7 +13,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from helpers import sample_image
+from helpers import FAST, sample_image
 
 from erasekit.concepts import ConceptSet
 from erasekit.edits import Edit
@@ -21,15 +21,6 @@ from erasekit.errors import ConfigError
 from erasekit.methods import METHODS, get_method
 from erasekit.models import ModelAdapter, load_pipeline
 
-# Settings that make each method fast on the tiny pipeline; a method not listed runs with its defaults.
-FAST: dict[str, dict] = {
-    "rece": {"epochs": 1},
-    "mace": {"templates": 3, "images_per_concept": 2, "sampling_steps": 2, "steps": 3, "prior_captions": 0,
-             "progress": False},
-    "gloce": {"sampling_steps": 5, "guidance": 5.0, "seeds": 2, "progress": False},
-    "esd": {"steps": 2, "sampling_steps": 4, "progress": False},
-    "dumo": {"steps": 2, "sampling_steps": 4, "progress": False},
-}  # fmt: skip
 CONCEPTS = ConceptSet.build(["dog"], preserve=["cat"])
 NAMES = METHODS.names()
 

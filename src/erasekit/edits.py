@@ -97,8 +97,9 @@ class Edit:
     ``module_kind`` (built by the attach function registered for it, with ``module_spec``); ``base_fingerprint`` is
     the sha256 of the base tensors named by ``weights`` and ``base_names`` (see :func:`tensors_fingerprint`);
     ``config`` is the method's full hyper-parameter dict; ``concepts`` the erased and preserved texts; ``info``
-    free-form results of fitting (e.g. RECE's selected epoch), deterministic for a seed. ``timings`` (seconds per
-    stage) are reported but never saved, so an artifact's bytes depend only on what was fitted. ``integrity`` is the
+    free-form results of fitting (e.g. RECE's selected epoch), deterministic for a seed. ``log`` holds how the fit
+    ran (seconds per stage, the step a run resumed from): reported in the run log, never saved, so an artifact's
+    bytes depend only on what was fitted. ``integrity`` is the
     verdict of :meth:`load` (one of :data:`INTEGRITY`).
     """
 
@@ -115,7 +116,7 @@ class Edit:
     module_spec: dict[str, Any] = field(default_factory=dict)
     base_names: list[str] = field(default_factory=list)
     integrity: str = field(default=UNSAVED, compare=False)
-    timings: dict[str, Any] = field(default_factory=dict, compare=False)
+    log: dict[str, Any] = field(default_factory=dict, compare=False)
     _applied: dict[int, tuple[dict[str, torch.Tensor], Detach | None]] = field(
         default_factory=dict, repr=False, compare=False
     )

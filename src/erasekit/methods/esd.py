@@ -84,6 +84,16 @@ class ESD(Method):
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
         cfg = self.settings()
+        with model.float32():  # float32 master weights also for a half-precision model
+            weights, record = self._train(model, concepts, cfg)
+        config = self.edit_config(cfg)
+        log = {"training_seconds": record.pop("seconds"), "resumed_from": record.pop("resumed_from")}
+        return Edit.from_weights(
+            self.name, config, concepts.to_dict(), model, weights, info={"training": record}, log=log
+        )
+
+    def _train(self, model: ModelAdapter, concepts: ConceptSet, cfg: ESDConfig) -> tuple[dict, dict]:
+        """Fine-tune the variant's tensors; return them (the pipeline is restored) and the training record."""
         unet = model.unet
         params = model.unet_parameters(trainable_names(model, cfg.train_method))
         originals = {n: p.detach().clone() for n, p in params.items()}
@@ -109,4 +119,4 @@ class ESD(Method):
                 )  # fmt: skip
         finally:
             weights = model.replace_weights(originals)  # restores the pipeline; returns the trained tensors
-        return Edit.from_weights(self.name, config, concepts.to_dict(), model, weights, info={"training": record})
+        return weights, record

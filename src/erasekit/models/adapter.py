@@ -169,6 +169,23 @@ class ModelAdapter:
         finally:
             _copy_into(params, saved)
 
+    @contextmanager
+    def float32(self) -> Iterator[None]:
+        """Run the block with the pipeline's half-precision networks in float32, then put them back exactly.
+
+        Training needs float32 master weights: float16 overflows to NaN and bfloat16 rounds small updates away.
+        Half -> float32 -> half is lossless, so the pipeline leaves the block bit for bit as it entered.
+        """
+        networks = [getattr(self.pipe, part, None) for part in ("unet", "text_encoder", "vae")]
+        half = [(n, n.dtype) for n in networks if n is not None and n.dtype in (torch.float16, torch.bfloat16)]
+        for network, _ in half:
+            network.float()
+        try:
+            yield
+        finally:
+            for network, dtype in half:
+                network.to(dtype)
+
     def check_finite(self) -> None:
         for name, weight in self.kv_weights().items():
             if not torch.isfinite(weight).all():

@@ -76,7 +76,7 @@ class DuMo(Method):
         cfg = self.settings()
         unet = model.unet
         timesteps = model.pipe.scheduler.config.num_train_timesteps
-        network = DuMoNetwork(unet, cfg.tlmo, cfg.tlmo_buckets, timesteps).to(unet.device, unet.dtype)
+        network = DuMoNetwork(unet, cfg.tlmo, cfg.tlmo_buckets, timesteps).to(unet.device, torch.float32)
 
         def student(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
             down, mid = network.residuals(x, t, emb)
@@ -91,9 +91,6 @@ class DuMo(Method):
         identity = run_identity(
             self.name, config, concepts.to_dict(), tensors_fingerprint(model.unet_parameters(names))
         )
-        objective = NegativeGuidanceObjective(
-            model, student, teacher, pairs, preserve_list(concepts, cfg.preserve_empty), cfg
-        )
         network.requires_grad_(True)
         zero = list(network.epr.zero_convs.parameters())
         body = [p for n, p in network.epr.named_parameters() if not n.startswith("zero_convs.")]
@@ -102,7 +99,10 @@ class DuMo(Method):
             network.tlmo.scale.requires_grad_(False)
         else:
             groups.append({"params": [network.tlmo.scale], "lr": cfg.tlmo_lr})
-        with frozen(unet):
+        with model.float32(), frozen(unet):  # float32 master weights also for a half-precision model
+            objective = NegativeGuidanceObjective(
+                model, student, teacher, pairs, preserve_list(concepts, cfg.preserve_empty), cfg
+            )
             record = run_training(objective, dict(network.named_parameters()), groups, cfg, identity, "DuMo")
         texts = list(dict.fromkeys(text for text, _ in pairs))
         gating = cfg.gating if cfg.gating is not None else all(c.kind != "explicit" for c in concepts)
@@ -119,6 +119,8 @@ class DuMo(Method):
             "gate_tokens": [model.word_tokens(t) for t in texts],
             "tlmo_table": network.tlmo.scale.detach().cpu().tolist(),
         }
+        log = {"training_seconds": record.pop("seconds"), "resumed_from": record.pop("resumed_from")}
         return Edit.from_modules(
-            self.name, config, concepts.to_dict(), model, KIND, tensors, spec, names, info={"training": record}
-        )
+            self.name, config, concepts.to_dict(), model, KIND, tensors, spec, names, info={"training": record},
+            log=log,
+        )  # fmt: skip

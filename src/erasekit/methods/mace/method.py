@@ -274,15 +274,16 @@ class MACE(Method):
             losses: dict[str, list[float]] = {}
             weights = refined
             if cfg.lora:
-                weights = self._loras_and_fusion(
-                    model, concepts, settings, originals, refined, settings.fuse_scale * preserve, mask_source,
-                    extras, losses, seconds, bar
-                )  # fmt: skip
-        info = {"preset": settings.preset, "resolved": asdict(settings), "seconds": seconds,
-                "lora_loss_first_last": losses}  # fmt: skip
+                with model.float32():  # the LoRAs train in float32 also on a half-precision model
+                    weights = self._loras_and_fusion(
+                        model, concepts, settings, originals, refined, settings.fuse_scale * preserve, mask_source,
+                        extras, losses, seconds, bar
+                    )  # fmt: skip
+        info = {"preset": settings.preset, "resolved": asdict(settings), "lora_loss_first_last": losses}
         return Edit.from_weights(
-            self.name, self.edit_config(cfg), concepts.to_dict(), model, weights, extras=extras, info=info
-        )
+            self.name, self.edit_config(cfg), concepts.to_dict(), model, weights, extras=extras, info=info,
+            log={"seconds": seconds},
+        )  # fmt: skip
 
     def _domain_gram(self, model: ModelAdapter, concepts: ConceptSet, bar: Progress) -> torch.Tensor:
         """``sum e e^T`` over the retained texts (the reference's domain cache), through the templates if asked."""
