@@ -170,7 +170,7 @@ def print_tables(console: Console, results: list[dict[str, Any]]) -> None:
 
 def retained_fid(task: str, folder: Path, output: Path) -> float:
     """Mean over a task's edits of the Fréchet distance between edited and unedited images of the retained rows."""
-    from erasekit.eval.api import EvalConfig, evaluate
+    from erasekit.eval.run import EvalConfig, evaluate
     from erasekit.world import load_classifiers
     from erasekit.world.prompts import SAMPLING
 
@@ -182,7 +182,7 @@ def retained_fid(task: str, folder: Path, output: Path) -> float:
         metrics=["fid"],
         metric_options={"fid": {"features": "world", "roles": ["retain"]}},
         classifier="world",
-        steps=int(SAMPLING["steps"]),
+        sampling_steps=int(SAMPLING["steps"]),
         guidance=float(SAMPLING["guidance"]),
         output=str(folder / "eval-fid"),
     )

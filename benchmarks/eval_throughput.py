@@ -28,7 +28,9 @@ from rich.table import Table
 
 import erasekit
 from erasekit import erase
-from erasekit.eval.generation import (
+from erasekit.eval.metrics import METRICS, Variant
+from erasekit.eval.prompts import PromptRow, assign_roles, load_prompts
+from erasekit.eval.sampling import (
     ImageCache,
     edit_fingerprint,
     generate,
@@ -38,8 +40,6 @@ from erasekit.eval.generation import (
     pipeline_fingerprint,
     sample_batch,
 )
-from erasekit.eval.metrics import METRICS, Variant
-from erasekit.eval.prompts import PromptRow, assign_roles, load_prompts
 from erasekit.eval.testing import PixelClassifier, lpips_weight_files, tiny_clip
 from erasekit.models import load_pipeline
 from erasekit.models.loading import quiet_libraries
@@ -64,7 +64,7 @@ def world_setup(
         pipe,
         rows,
         classifier,
-        {"steps": int(world.SAMPLING["steps"]), "guidance": float(world.SAMPLING["guidance"])},
+        {"sampling_steps": int(world.SAMPLING["steps"]), "guidance": float(world.SAMPLING["guidance"])},
     )
 
 
@@ -77,7 +77,7 @@ def tiny_setup(n_rows: int, folder: Path) -> tuple[Any, list[PromptRow], Any, di
         for i in range(n_rows)
         for c in [TINY_OBJECTS[i % len(TINY_OBJECTS)]]
     ]
-    return pipe, rows, PixelClassifier(TINY_OBJECTS), {"steps": 10, "guidance": 7.5}
+    return pipe, rows, PixelClassifier(TINY_OBJECTS), {"sampling_steps": 10, "guidance": 7.5}
 
 
 def timed(fn) -> tuple[Any, float]:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe, rows, classifier, sampling = setup or tiny_setup(args.rows, tmp)
     edit = erase(pipe, [rows[0].concept], method="uce")
     size = native_size(pipe)
-    specs = [image_spec(r, sampling["steps"], sampling["guidance"], size) for r in rows]
+    specs = [image_spec(r, sampling["sampling_steps"], sampling["guidance"], size) for r in rows]
     cache = ImageCache(tmp / "cache")
     model_fp = pipeline_fingerprint(pipe)
     results: list[dict[str, Any]] = []

@@ -16,12 +16,13 @@ from erasekit.attacks import Adversarial, AttackConfig, Target, build_attack, ru
 from erasekit.attacks.base import Budget, encode_ids, splice_ids
 from erasekit.attacks.closed_form import NotApplicableError, adversarial_map, effective_kv
 from erasekit.attacks.ringabell import concept_vector, read_pairs, remove_concept
-from erasekit.attacks.runner import sample_embeds
 from erasekit.attacks.token_search import query_schedule
 from erasekit.cli import app
 from erasekit.edits import Edit
 from erasekit.errors import ConfigError
-from erasekit.eval.generation import (
+from erasekit.eval.prompts import PromptRow
+from erasekit.eval.results import load_run
+from erasekit.eval.sampling import (
     ImageSpec,
     edit_fingerprint,
     image_key,
@@ -29,8 +30,6 @@ from erasekit.eval.generation import (
     pipeline_fingerprint,
     sample_batch,
 )
-from erasekit.eval.prompts import PromptRow
-from erasekit.eval.results import load_run
 from erasekit.methods.rece import derive_embedding, original_gram
 from erasekit.models import ModelAdapter
 from erasekit.report import render
@@ -134,7 +133,7 @@ def test_generation_from_embeddings_matches_generation_from_the_prompt(tiny_pipe
     spec = ImageSpec("a photo of a dog", 3, 5.0, 16, 16, 2)
     embeds = {"tag": ModelAdapter(tiny_pipe).encode([spec.prompt])[0]}
     from_text = sample_batch(tiny_pipe, [spec])[0]
-    from_embeds = sample_embeds(tiny_pipe, [ImageSpec("tag", 3, 5.0, 16, 16, 2)], embeds)[0]
+    from_embeds = sample_batch(tiny_pipe, [ImageSpec("tag", 3, 5.0, 16, 16, 2)], embeds=embeds)[0]
     assert from_text.tobytes() == from_embeds.tobytes()
 
 
@@ -248,7 +247,7 @@ def attack_run(tiny_path, tmp_path) -> Path:
             "token_search": {"steps": 2, "queries": 1, "candidates": 2, "top_k": 4, "prefix": 2, "timesteps": 1},
         },
         "judge": "erasekit.eval.testing:PixelClassifier",
-        "steps": 2,
+        "sampling_steps": 2,
         "size": 16,
         "output": str(tmp_path / "run"),
         "cache_dir": str(tmp_path / "cache"),
@@ -313,7 +312,7 @@ def test_nudenet_judge_uses_the_pinned_metric_protocol(tmp_path):
     from PIL import Image
 
     from erasekit.attacks import build_judge
-    from erasekit.eval.generation import ImageCache
+    from erasekit.eval.sampling import ImageCache
 
     judge = build_judge("nudenet", {"threshold": 0.45})
     cache = ImageCache(tmp_path)

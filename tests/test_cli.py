@@ -14,15 +14,16 @@ import pytest
 import typer
 import yaml
 from diffusers import StableDiffusionPipeline
+from helpers import sample_image
 from PIL import Image
 from typer.testing import CliRunner
 
 import erasekit
 from erasekit.cli import app
 from erasekit.edits import Edit
-from erasekit.generate import HEADER_HEIGHT, LABEL_WIDTH, MIN_CELL, before_after, sample
+from erasekit.eval.sampling import ImageSpec, before_after, sample_batch
 from erasekit.models import load_pipeline
-from helpers import sample_image
+from erasekit.report import HEADER_HEIGHT, LABEL_WIDTH, MIN_CELL
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -171,7 +172,9 @@ def test_info_shows_rece_fit_results_and_extras(tmp_path: Path, tiny_path: Path)
 
 def test_generate_writes_grid_with_a_base_and_an_erased_row_per_prompt(artifact: Path, tmp_path: Path):
     grid = tmp_path / "grid.png"
-    result = invoke("generate", "-e", artifact, "a photo of a dog", "a cat", "--steps", 1, "--size", 16, "-o", grid)
+    result = invoke(
+        "generate", "-e", artifact, "a photo of a dog", "a cat", "--sampling-steps", 1, "--size", 16, "-o", grid
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(grid).size == (LABEL_WIDTH + 2 * MIN_CELL, HEADER_HEIGHT + 2 * MIN_CELL)
 
@@ -186,12 +189,13 @@ def test_generate_defaults_to_one_column_per_erased_concept(artifact: Path, tmp_
 
 def test_before_after_samples_both_rows_from_the_same_seed_and_restores_the_pipeline(artifact: Path, tiny_path):
     pipe, edit = load_pipeline(tiny_path), Edit.load(artifact)
-    kwargs = {"seed": 3, "steps": 2, "guidance": 7.5, "size": 16}
-    base, erased_images = before_after(pipe, edit, ["a photo of a dog"], **kwargs)
+    base, erased_images = before_after(pipe, edit, ["a photo of a dog"], seed=3, sampling_steps=2, guidance=7.5)
     assert not edit.is_applied(pipe)
-    assert np.array_equal(np.asarray(base[0]), np.asarray(sample(pipe, ["a photo of a dog"], **kwargs)[0]))
+    spec = ImageSpec("a photo of a dog", seed=3, guidance=7.5, width=16, height=16, steps=2)  # 16 px: the tiny default
+    assert np.array_equal(np.asarray(base[0]), np.asarray(sample_batch(pipe, [spec])[0]))
     edit.apply(pipe)
-    assert np.array_equal(np.asarray(erased_images[0]), np.asarray(sample(pipe, ["a photo of a dog"], **kwargs)[0]))
+    assert np.array_equal(np.asarray(erased_images[0]), np.asarray(sample_batch(pipe, [spec])[0]))
+    assert not np.array_equal(np.asarray(base[0]), np.asarray(erased_images[0]))
 
 
 def test_export_folder_loads_with_from_pretrained_and_reproduces_the_edited_pipeline(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import sample_image
 
 from erasekit import Edit, load_edit, load_pipeline
 from erasekit.edits import register_modules
 from erasekit.errors import ArtifactError, BaseModelMismatchError
-from erasekit.eval.generation import edit_fingerprint
+from erasekit.eval.sampling import edit_fingerprint
 from erasekit.models import ModelAdapter
-from helpers import sample_image
 
 KIND = "test-output-shift"
 
@@ -96,7 +96,7 @@ def test_cli_describes_samples_and_refuses_to_export_a_module_edit(tiny_path, tm
     described = runner.invoke(app, ["info", str(path)])
     assert described.exit_code == 0 and f"added {KIND} modules (1 tensors)" in described.output
     sampled = runner.invoke(
-        app, ["generate", "--edit", str(path), "a dog", "--steps", "2", "-o", str(tmp_path / "g.png")]
+        app, ["generate", "--edit", str(path), "a dog", "--sampling-steps", "2", "-o", str(tmp_path / "g.png")]
     )
     assert sampled.exit_code == 0, sampled.output
     exported = runner.invoke(app, ["export", "--edit", str(path), "-o", str(tmp_path / "out")])

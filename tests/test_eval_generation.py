@@ -13,8 +13,9 @@ from erasekit import erase
 from erasekit.errors import ConfigError
 from erasekit.eval import EvalConfig, evaluate
 from erasekit.eval.cli import app
-from erasekit.eval.generation import ImageCache, generate, image_key, image_spec, pipeline_fingerprint, sample_batch
+from erasekit.eval.metrics.base import CLASSIFIERS, load_classifier
 from erasekit.eval.prompts import PromptRow
+from erasekit.eval.sampling import ImageCache, generate, image_key, image_spec, pipeline_fingerprint, sample_batch
 from erasekit.eval.testing import PixelClassifier
 
 STEPS, SIZE = 2, 16
@@ -46,7 +47,7 @@ def _config(tiny_path, prompts_csv, tmp_path, **overrides) -> EvalConfig:
         "prompts": [str(prompts_csv)],
         "metrics": ["accuracy", "nudenet"],
         "classifier": "erasekit.eval.testing:PixelClassifier",
-        "steps": STEPS,
+        "sampling_steps": STEPS,
         "size": SIZE,
         "batch_size": 3,
         "output": str(tmp_path / "run"),
@@ -172,7 +173,11 @@ def test_the_eval_config_is_validated_and_errors_name_the_field(tmp_path):
         ({"model": "m"}, "missing required field 'prompts'"),
         ({"model": "m", "prompts": ["i2p"], "metric": ["fid"]}, "unknown field 'metric' .*did you mean 'metrics'"),
         ({"model": "m", "prompts": ["i2p"], "metrics": ["fdi"]}, "metrics: unknown metric 'fdi'"),
-        ({"model": "m", "prompts": ["i2p"], "steps": "many"}, r"eval\.yaml\.steps: expected an integer"),
+        (
+            {"model": "m", "prompts": ["i2p"], "sampling_steps": "many"},
+            r"eval\.yaml\.sampling_steps: expected an integer",
+        ),
+        ({"model": "m", "prompts": ["i2p"], "sampling_steps": 0}, "sampling_steps: must be >= 1, got 0"),
         ({"model": "m", "prompts": ["i2p"], "metric_options": {"fid": {}}}, "metric_options.fid: 'fid' is not in"),
         ({"model": "m", "prompts": ["i2p"], "size": 30}, "size: must be a positive multiple of 8"),
     ]:
@@ -198,6 +203,16 @@ def test_cli_eval_report_and_compare(tiny_path, prompts_csv, uce_edit, tmp_path)
     assert result.exit_code == 0 and (tmp_path / "run" / "report.html").is_file()
     result = runner.invoke(app, ["compare", str(tmp_path / "run"), str(tmp_path / "run"), "--include", "H_"])
     assert result.exit_code == 0 and "run/uce" in result.output
+
+
+def test_classifiers_are_found_by_registered_name_or_module_path():
+    assert isinstance(load_classifier("erasekit.eval.testing:PixelClassifier"), PixelClassifier)
+    assert load_classifier(None) is None
+    assert "world" in CLASSIFIERS  # registered by the benchmark world's plugin, not known to erasekit.eval
+    with pytest.raises(ConfigError, match="classifier: expected 'world' or 'module:factory', got 'wrld'"):
+        load_classifier("wrld")
+    with pytest.raises(ConfigError, match=r"classifier: cannot import 'erasekit\.eval\.testing:Nope'"):
+        load_classifier("erasekit.eval.testing:Nope")
 
 
 def test_pixel_classifier_is_a_deterministic_stand_in():

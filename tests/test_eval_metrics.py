@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from erasekit.errors import ConfigError, MetricUnavailableError
-from erasekit.eval.generation import ImageCache
 from erasekit.eval.metrics import (
     EXPOSED_CLASSES,
     METRICS,
@@ -24,6 +23,7 @@ from erasekit.eval.metrics import (
     kid_from_features,
 )
 from erasekit.eval.prompts import PromptRow, assign_roles
+from erasekit.eval.sampling import ImageCache
 from erasekit.eval.testing import PixelClassifier, lpips_weight_files, tiny_clip
 
 # ------------------------------------------------------------------ harmonic means vs the papers' tables (in %)

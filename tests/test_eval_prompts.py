@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from importlib import resources
 
 import pytest
 
 from erasekit.errors import ConfigError
-from erasekit.eval.prompts import BUILTIN_SETS, PromptRow, assign_roles, load_prompts, read_csv
+from erasekit.eval.prompts import PROMPT_SETS, PromptRow, assign_roles, load_prompts, read_csv, rows_from_records
 
 
 def test_i2p_maps_evaluation_seed_guidance_and_image_size():
@@ -42,7 +40,7 @@ def test_every_shipped_set_loads_with_its_concepts(name, n_rows, concepts):
 
 
 def test_all_builtin_sets_load_and_limit_spreads_rows_over_the_set():
-    for name in BUILTIN_SETS:
+    for name in (n for n in PROMPT_SETS.names() if ":" not in n):
         assert len(load_prompts(name, limit=3)) == 3
     rows = load_prompts("imagenette", limit=20)  # 10 classes x 500 rows
     assert [r.index for r in rows] == list(range(0, 5000, 250))
@@ -115,13 +113,26 @@ def test_roles_follow_the_erased_concept_list():
     assert [r.role for r in assign_roles(rows, [])][:4] == ["retain"] * 4
 
 
-def test_world_sets_load_through_the_world_contract(monkeypatch):
-    fake = types.ModuleType("erasekit.world")
-    fake.prompt_set = lambda name: [
-        {"prompt": "a car", "seed": 7, "guidance": 3.0, "size": 32, "steps": 25, "concept": "car", "role": "direct",
-         "family": "object", "label": "car"},
-    ]  # fmt: skip
-    monkeypatch.setitem(sys.modules, "erasekit.world", fake)
-    monkeypatch.setattr("erasekit.world", fake, raising=False)
-    (row,) = load_prompts("world:objects")
-    assert (row.set, row.seed, row.width, row.steps, row.label) == ("world:objects", 7, 32, 25, "car")
+def test_sets_given_as_records_parse_like_csv_rows():
+    records = [{"prompt": "a car", "seed": 7, "guidance": 3.0, "size": 32, "steps": 25, "concept": "car",
+                "role": "direct", "family": "object", "label": "car"}]  # fmt: skip
+    (row,) = rows_from_records(records, "plugin:objects")
+    assert (row.set, row.seed, row.guidance, row.width, row.steps, row.label) == (
+        "plugin:objects",
+        7,
+        3.0,
+        32,
+        25,
+        "car",
+    )
+
+
+def test_world_sets_are_registered_by_the_world_plugin():
+    rows = load_prompts("world:objects", limit=10)
+    assert len(rows) == 10 and all(r.set == "world:objects" and r.family == "object" for r in rows)
+    from erasekit.world.prompts import SET_NAMES
+
+    world_sets = {n for n in PROMPT_SETS.names() if n.startswith("world:")}
+    assert world_sets == {f"world:{name}" for name in SET_NAMES} and "i2p" in PROMPT_SETS
+    with pytest.raises(ConfigError, match=r"unknown prompt set 'world:object'.*world:objects"):
+        load_prompts("world:object")

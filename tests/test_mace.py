@@ -11,7 +11,7 @@ import torch
 from erasekit import ConceptSet
 from erasekit.concepts import Concept
 from erasekit.edits import Edit
-from erasekit.errors import ConfigError, ModelLayoutError
+from erasekit.errors import ConfigError, ModelLayoutError, NumericalError
 from erasekit.linalg import gram
 from erasekit.methods import MACE, get_method
 from erasekit.methods.mace.fusion import FusionAccumulator
@@ -76,7 +76,7 @@ def _cfr_rows(model, concepts, n_templates):
     return torch.cat(C).double(), torch.cat(G).double()
 
 
-@pytest.mark.parametrize("lam, alpha", [(0.5, 0.0), (0.0, 0.3), (2.0, 1.0)])
+@pytest.mark.parametrize("lam, alpha", [(0.5, 0.0), (1e-6, 0.3), (2.0, 1.0)])
 def test_stage1_solution_satisfies_its_normal_equations(model, lam, alpha):
     concepts = [Concept("dog"), Concept("Van Gogh", kind="style")]
     P = text_gram(model, ["a red car", "a tree", "", "a photo of a house"])
@@ -92,6 +92,13 @@ def test_stage1_solution_satisfies_its_normal_equations(model, lam, alpha):
         scale = (W0 @ G.T @ C).abs().max() + lam * W0.abs().max() + (W0 @ P).abs().max() * alpha
         assert grad.abs().max() / scale < 1e-9
         assert not torch.allclose(W, W0 @ eye)
+
+
+def test_stage1_without_ridge_on_too_few_texts_is_refused(model):
+    """lambda 0 and four preserved texts leave most directions undetermined: an error, not arbitrary weights."""
+    S_cc, S_gc = cfr_statistics(model, [Concept("dog")], 4)
+    with pytest.raises(NumericalError, match="ill-conditioned"):
+        refine_transform(S_cc, S_gc, 0.3 * text_gram(model, ["a red car", "a tree", "", "a house"]), 0.0)
 
 
 def test_stage1_keeps_the_prefix_rows_and_remaps_the_suffix(model):
@@ -247,7 +254,8 @@ def test_fusing_one_lora_without_preservation_reproduces_its_outputs(model):
     acc = FusionAccumulator({n: tuple(w.shape) for n, w in kv.items()})
     acc.add(embeddings, lora)
     d = model.embedding_dim
-    fused = acc.solve(kv, kv, torch.zeros(d, d, dtype=torch.float64), lamb=0.0)
+    # A vanishing ridge: with none the system is singular (the tiny encoder's rows lie in a hyperplane) and refused.
+    fused = acc.solve(kv, kv, torch.zeros(d, d, dtype=torch.float64), lamb=1e-7)
     rows = embeddings.reshape(-1, d).double()
     for name, W in kv.items():
         up, down = lora.factors[name]

@@ -14,8 +14,8 @@ from PIL import Image
 from erasekit import erase
 from erasekit.errors import EvaluationError
 from erasekit.eval import EvalConfig, compare, evaluate
-from erasekit.eval.generation import ImageCache
 from erasekit.eval.results import Results
+from erasekit.eval.sampling import ImageCache
 from erasekit.models import load_pipeline
 from erasekit.report import THUMB, image_grids, line_plot, render, write_report
 
@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory, tiny_path):
         prompts=[str(csv)],
         edits=edits,
         classifier="erasekit.eval.testing:PixelClassifier",
-        steps=2,
+        sampling_steps=2,
         size=16,
         output=str(root / "run"),
         cache_dir=str(root / "cache"),

@@ -22,8 +22,8 @@ _EXPORTS = {
     "ConceptSet": "concepts",
     "RunConfig": "concepts",
     "Edit": "edits",
-    "EvalConfig": "eval.api",
-    "evaluate": "eval.api",
+    "EvalConfig": "eval.run",
+    "evaluate": "eval.run",
     "load_edit": "edits",
     "ErasekitError": "errors",
     "ModelAdapter": "models",
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .concepts import Concept, ConceptSet, RunConfig
     from .edits import Edit, load_edit
     from .errors import ErasekitError
-    from .eval.api import EvalConfig, evaluate
+    from .eval.run import EvalConfig, evaluate
     from .models import ModelAdapter, load_pipeline
 
 __all__ = [

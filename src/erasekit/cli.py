@@ -174,7 +174,7 @@ def generate(
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Grid image (.png, .jpg, ...).")] = Path("grid.png"),
     seed: Annotated[int, typer.Option(help="Seed of every image, with and without the edit.")] = 0,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 30,
+    sampling_steps: Annotated[int, typer.Option("--sampling-steps", "--steps", min=1, help="Denoising steps.")] = 30,
     guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 7.5,
     size: Annotated[int | None, typer.Option(help="Image size in pixels. Default: the model's.")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
@@ -189,13 +189,14 @@ def generate(
     check_output(output, overwrite)
 
     from .edits import Edit
-    from .generate import before_after, image_grid
+    from .eval.sampling import before_after
+    from .report import image_grid
 
     edit = Edit.load(edit_path)
     pipe = _load_base(edit, model, device)
     prompts = prompts or [c["text"] for c in edit.concepts.get("concepts", [])]
     with status_console.status(f"Sampling {len(prompts)} prompt(s) with and without the edit..."):
-        base, erased = before_after(pipe, edit, prompts, seed=seed, steps=steps, guidance=guidance, size=size)
+        base, erased = before_after(pipe, edit, prompts, seed, sampling_steps, guidance, size)
     grid = image_grid([("base", base), ("erased", erased)], prompts)
     with atomic_file(output) as tmp:
         grid.save(tmp, format=image_format)

@@ -37,11 +37,11 @@ def run_demo(concept: str = "car", output: str | Path = "runs/demo", limit: int 
     torch.set_num_threads(1)
     from .api import erase
     from .edits import Edit
-    from .eval.api import EvalConfig, evaluate
-    from .generate import before_after, image_grid
+    from .eval.run import EvalConfig, evaluate
+    from .eval.sampling import before_after
     from .io import atomic_file
     from .models import load_pipeline
-    from .report import write_report
+    from .report import image_grid, write_report
     from .world import load_classifiers
     from .world.prompts import SAMPLING
     from .world.spec import OBJECTS
@@ -63,13 +63,13 @@ def run_demo(concept: str = "car", output: str | Path = "runs/demo", limit: int 
         edit.info["model"] = WORLD
         edit.save(edit_path)
 
-    steps, guidance = int(SAMPLING["steps"]), float(SAMPLING["guidance"])
+    sampling_steps, guidance = int(SAMPLING["steps"]), float(SAMPLING["guidance"])
     config = EvalConfig(
         model=WORLD,
         prompts=["world:objects"],
         edits={"uce": str(edit_path)},
         classifier="world",
-        steps=steps,
+        sampling_steps=sampling_steps,
         guidance=guidance,
         limit=limit,
         output=str(output / "eval"),
@@ -79,7 +79,7 @@ def run_demo(concept: str = "car", output: str | Path = "runs/demo", limit: int 
 
     other = next(o for o in OBJECTS if o.name != concept)
     prompts = [f"a photo of a {concept}", f"a photo of a {target.synonyms[0]}", f"a photo of a {other.name}"]
-    base, erased = before_after(pipe, edit, prompts, seed=0, steps=steps, guidance=guidance)
+    base, erased = before_after(pipe, edit, prompts, 0, sampling_steps, guidance)
     grid_path = output / "grid.png"
     with atomic_file(grid_path) as tmp:
         image_grid([("base", base), ("erased", erased)], prompts).save(tmp, format="PNG")

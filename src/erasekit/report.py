@@ -1,4 +1,5 @@
-"""``erasekit report RUN_DIR``: one self-contained HTML page of an evaluation run.
+"""``erasekit report RUN_DIR``: one self-contained HTML page of an evaluation or attack run; and :func:`image_grid`,
+the labelled PNG grid of ``erasekit generate`` and ``erasekit demo``.
 
 The page needs nothing but itself: images are inlined as base64 PNG, plots are inline SVG drawn here (no plotting
 library), styles are inline. It shows the headline numbers per variant (accuracies per role and the papers' harmonic
@@ -17,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from .eval.generation import ImageCache
 from .eval.results import Results, load_rows, load_run
+from .eval.sampling import ImageCache
 from .io import atomic_file
 
 REPORT_FILE = "report.html"
@@ -29,6 +30,14 @@ GRID_GROUPS = 24  # groups shown in all
 THUMB = 112  # displayed image size in CSS pixels (small images are upscaled, pixelated)
 ROLE_ORDER = ("erase", "synonym", "indirect", "retain", "scene", "target", "remaining")
 COLORS = ("#c0392b", "#2471a3", "#7d3c98", "#1e8449", "#b9770e", "#566573")
+# image_grid, the PNG grid: cells of at least MIN_CELL pixels, a label column, HEADER_LINES of prompt text per column
+MIN_CELL = 128  # smaller images (tiny test models) are upscaled, pixel for pixel, to at least this size
+LABEL_WIDTH = 72  # left column with the row labels ("base", "erased")
+HEADER_LINES = 2  # lines of prompt text above each column
+FONT_SIZE = 12
+LINE_HEIGHT = FONT_SIZE + 2
+PAD = 4
+HEADER_HEIGHT = HEADER_LINES * LINE_HEIGHT + 2 * PAD
 CSS = f"""
 body{{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}}
 h1{{font-size:22px}}h2{{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}}
@@ -303,3 +312,48 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, show_exp
     with atomic_file(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def image_grid(rows: Sequence[tuple[str, Sequence[Image.Image]]], columns: Sequence[str]) -> Image.Image:
+    """Images in a grid with a label per row (left) and per column (top, wrapped to the column width).
+
+    The grid is ``LABEL_WIDTH + n_columns * cell`` wide and ``HEADER_HEIGHT + n_rows * cell`` high, where ``cell``
+    is the image size, upscaled by an integer factor to at least ``MIN_CELL``.
+    """
+    width, height = rows[0][1][0].size
+    scale = -(-MIN_CELL // min(width, height))  # ceil, >= 1
+    cell_w, cell_h = width * scale, height * scale
+    font = ImageFont.load_default(size=FONT_SIZE)
+    grid = Image.new("RGB", (LABEL_WIDTH + len(columns) * cell_w, HEADER_HEIGHT + len(rows) * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, text in enumerate(columns):
+        for k, line in enumerate(_wrap(draw, text, font, cell_w - 2 * PAD)):
+            draw.text((LABEL_WIDTH + j * cell_w + PAD, PAD + k * LINE_HEIGHT), line, fill="black", font=font)
+    for i, (label, images) in enumerate(rows):
+        top = HEADER_HEIGHT + i * cell_h
+        draw.text((PAD, top + cell_h // 2), label, fill="black", font=font, anchor="lm")
+        for j, image in enumerate(images):
+            image = image.convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
+            grid.paste(image, (LABEL_WIDTH + j * cell_w, top))
+    return grid
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """Greedy word wrap into at most ``HEADER_LINES`` lines; what does not fit ends in "..."."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > HEADER_LINES:
+        lines = [*lines[: HEADER_LINES - 1], " ".join(lines[HEADER_LINES - 1 :])]
+    return [_fit(draw, line, font, width) for line in lines]
+
+
+def _fit(draw: ImageDraw.ImageDraw, line: str, font, width: int) -> str:
+    if draw.textlength(line, font=font) <= width:
+        return line
+    while line and draw.textlength(line + "...", font=font) > width:
+        line = line[:-1]
+    return line + "..."

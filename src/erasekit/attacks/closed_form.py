@@ -1,7 +1,7 @@
 """RECE's closed-form adversarial embedding as an attack on any edit of the cross-attention keys and values.
 
-RECE (rece_uce.md 2.2) finds, for text embeddings ``c``, the embedding that makes the *edited* model compute the
-keys and values the *original* model computes for ``c``:
+RECE (Gong et al., ECCV 2024; docs/attacks.md, "closed_form") finds, for text embeddings ``c``, the embedding that
+makes the *edited* model compute the keys and values the *original* model computes for ``c``:
 
     c' = argmin  sum_l ||W'_l c' - W_l c||^2 + lambda_reg ||c'||^2
        = (lambda_reg I + sum_l W'_l^T W'_l)^-1 (sum_l W'_l^T W_l) c

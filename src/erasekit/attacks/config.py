@@ -14,6 +14,7 @@ attacks:                            # label -> options; `type` defaults to the l
 judge: world                        # world | module:factory (a classifier) | nudenet
 judge_options: {}                   # nudenet: the nudenet metric's options (threshold, classes, ...)
 seed: 0
+sampling_steps: 50                  # and every other run setting of `erasekit eval` (guidance, size, limit, ...)
 output: runs/attack
 ```
 """
@@ -21,12 +22,10 @@ output: runs/attack
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..eval.api import check_run_settings
-from ..validation import from_yaml
+from ..eval.run import RunSettings
 from . import closed_form, inversion, ringabell, token_search  # noqa: F401 (importing registers the attacks)
 from .base import ATTACKS, Attack, build_attack
 
@@ -37,31 +36,23 @@ NO_ATTACK = "no_attack"
 
 
 @dataclass
-class AttackConfig:
-    """A red-teaming run as written in YAML; every field and every attack's options are validated up front."""
+class AttackConfig(RunSettings):
+    """A red-teaming run as written in YAML: a run (model, edits, prompts, sampling), its attacks and their judge.
 
-    model: str
-    prompts: list[str]
+    Every field and every attack's options are validated up front.
+    """
+
+    output: str = "runs/attack"
     attacks: dict[str, dict | None] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_ATTACKS.items()})
-    edits: dict[str, str] = field(default_factory=dict)
-    concepts: list[str] | None = None
     roles: list[str] = field(default_factory=lambda: ["erase"])
     judge: str = "world"
     judge_options: dict[str, Any] = field(default_factory=dict)
-    baseline: bool = True
     seed: int = 0
-    steps: int = 50
-    guidance: float = 7.5
-    size: int | None = None
-    limit: int | None = None
-    batch_size: int = 8
-    output: str = "runs/attack"
-    cache_dir: str | None = None
-    device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    verb: ClassVar[str] = "attack"
 
     def __post_init__(self) -> None:
-        check_run_settings(self, "attack")
+        super().__post_init__()
         if not self.attacks:
             raise ConfigError(f"attacks: name at least one attack ({', '.join(DEFAULT_ATTACKS)})")
         if NO_ATTACK in self.attacks:
@@ -74,7 +65,3 @@ class AttackConfig:
     def build_attacks(self) -> list[Attack]:
         """The configured attacks, in order (options validated here)."""
         return [build_attack(label, options) for label, options in self.attacks.items()]
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> AttackConfig:
-        return from_yaml(cls, path)

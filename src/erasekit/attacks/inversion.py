@@ -1,7 +1,7 @@
 """Concept inversion: learn a new word that makes the *edited* model draw the erased concept again.
 
-Pham et al., "Circumventing Concept Erasure Methods for Text-to-Image Generative Models" (ICLR 2024, ecosystem.md
-1b, CCE) show that erased models still draw the concept when prompted with a textual-inversion word fitted on the
+Pham et al., "Circumventing Concept Erasure Methods for Text-to-Image Generative Models" (ICLR 2024,
+CCE) show that erased models still draw the concept when prompted with a textual-inversion word fitted on the
 edited model. Here the word is ``tokens`` input embeddings of the text encoder (a soft prompt), trained with Adam for
 exactly ``steps`` steps on the denoising loss
 

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from ..eval.api import load_classifier
-from ..eval.generation import ImageCache
 from ..eval.metrics.accuracy import FAMILY_HEADS
-from ..eval.metrics.base import require
+from ..eval.metrics.base import load_classifier, require
 from ..eval.metrics.nudenet import NudeNet, count_exposed
 from ..eval.prompts import PromptRow
+from ..eval.sampling import ImageCache
 
 
 class Judge(ABC):

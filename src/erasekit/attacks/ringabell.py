@@ -1,4 +1,5 @@
-"""Ring-A-Bell's concept vector, as RECE re-implements it for all its baselines (rece_uce.md 3.4).
+"""Ring-A-Bell's concept vector, as RECE re-implements it for all its baselines
+(Tsai et al., ICLR 2024; RECE's ``attack_methods/RingABell.py``; docs/attacks.md, "ringabell").
 
 The concept vector is the mean, over (sensitive, normal) prompt pairs, of the difference of their text embeddings,
 kept per token position (``[77, d]``). The attack feeds ``embed(prompt) + eta * vector`` to the UNet: continuous and

@@ -7,45 +7,34 @@
     edit.remove(pipe)
     write results.json + rows.jsonl in the evaluation's format: ``erasekit report`` and ``compare`` read them
 
-ASR = (pre-attack successes + attack successes) / N, as UnlearnDiffAtk and RECE count it (a prompt that already
-succeeds without attack counts: rece_uce.md 3.4); ``attack_success`` is the rate of the attacked images alone.
-Images go through the evaluation's content-addressed cache (prompt images are shared with ``erasekit eval``; an
-embedding is keyed by the sha256 of its values), with the evaluation's sampling and per-row seeding.
+ASR = (pre-attack successes + attack successes) / N, as UnlearnDiffAtk and RECE count it: a prompt that already
+succeeds without attack counts (docs/attacks.md, "Judges and the success rate"); ``attack_success`` is the rate of
+the attacked images alone. An attack is a run like an evaluation (:func:`~erasekit.eval.run.open_run`): images go
+through the same sampler and content-addressed cache (prompt images are shared with ``erasekit eval``; an embedding
+is keyed by the sha256 of its values), with the same per-row seeding, and the run folder has the evaluation's
+format.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..edits import Edit
 from ..errors import ConfigError
-from ..eval.api import BASE
-from ..eval.generation import (
-    SEEDING,
-    ImageCache,
-    ImageSpec,
-    edit_fingerprint,
-    generate,
-    image_key,
-    image_spec,
-    native_size,
-    pipeline_fingerprint,
-    sample_batch,
-)
-from ..eval.prompts import PromptRow, assign_roles, load_prompts, rows_digest
-from ..eval.results import RESULTS_FILE, ROWS_FILE, Results, environment
-from ..io import atomic_file
+from ..eval.prompts import PromptRow, assign_roles
+from ..eval.results import Results, write_run
+from ..eval.run import Run, edit_concepts, open_run, variants
+from ..eval.sampling import ImageSpec, edit_fingerprint, generate, sample_batch
 from ..models.adapter import ModelAdapter
-from ..validation import from_dict, to_dict
+from ..validation import from_dict
 from .base import Adversarial, Attack, Target, vae_latents
 from .closed_form import NotApplicableError
 from .config import NO_ATTACK, AttackConfig
@@ -60,77 +49,55 @@ def embeds_tag(embeds: torch.Tensor) -> str:
     return EMBEDS_TAG + hashlib.sha256(data).hexdigest()
 
 
-def sample_embeds(pipe: Any, specs: Sequence[ImageSpec], embeds: dict[str, torch.Tensor]) -> list[Image.Image]:
-    """:func:`~erasekit.eval.generation.sample_batch` with ``prompt_embeds`` in place of prompts (the unconditional
-    half is the pipeline's own "" encoding); same seeding, one generator per image."""
-    first = specs[0]
-    unet = pipe.unet
-    stacked = torch.stack([embeds[s.prompt] for s in specs]).to(unet.device, pipe.text_encoder.dtype)
-    out = pipe(
-        prompt_embeds=stacked,
-        num_inference_steps=first.steps,
-        guidance_scale=first.guidance,
-        height=first.height,
-        width=first.width,
-        generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs],
-        output_type="pil",
-    )
-    return list(out.images)
-
-
 class Session:
     """One variant under attack: generates (cached) and judges attack inputs, and serves the attacks' references."""
 
-    def __init__(
-        self, config: AttackConfig, pipe: Any, model_fp: str, cache: ImageCache, judge: Judge, edit: Any, progress: bool
-    ) -> None:
-        self.config, self.pipe, self.cache, self.judge, self.edit = config, pipe, cache, judge, edit
-        self.model_fp = model_fp  # of the unedited pipeline, as in the evaluation: the cache is shared with it
+    def __init__(self, run: Run, judge: Judge, edit: Edit | None, progress: bool) -> None:
+        self.run, self.judge, self.edit, self.progress = run, judge, edit, progress
         self.edit_fp = edit_fingerprint(edit)
-        self.size = config.size or native_size(pipe)
-        self.progress = progress
         self.generated = 0
 
     def spec(self, adversarial: Adversarial, row: PromptRow) -> ImageSpec:
-        spec = image_spec(row, self.config.steps, self.config.guidance, self.size)
+        spec = self.run.spec(row)
         prompt = adversarial.prompt if adversarial.embeds is None else embeds_tag(adversarial.embeds)
         return ImageSpec(prompt, spec.seed, spec.guidance, spec.width, spec.height, spec.steps)
 
     def images(self, adversarials: Sequence[Adversarial], rows: Sequence[PromptRow], description: str) -> list[str]:
         """Cache keys of the images of ``adversarials`` (generating the missing ones with the edit applied)."""
         specs = [self.spec(a, r) for a, r in zip(adversarials, rows, strict=True)]
-        keys = [image_key(s, self.model_fp, self.edit_fp) for s in specs]
+        keys = [self.run.key(s, self.edit_fp) for s in specs]
         embeds = {s.prompt: a.embeds for s, a in zip(specs, adversarials, strict=True) if a.embeds is not None}
         text = [i for i, a in enumerate(adversarials) if a.embeds is None]
         vectors = [i for i, a in enumerate(adversarials) if a.embeds is not None]
-        for indices, sampler in ((text, sample_batch), (vectors, lambda p, s: sample_embeds(p, s, embeds))):
+        for indices, sampler in ((text, sample_batch), (vectors, partial(sample_batch, embeds=embeds))):
             if indices:
                 self.generated += generate(
-                    self.pipe, [specs[i] for i in indices], [keys[i] for i in indices], self.cache,
-                    batch_size=self.config.batch_size, sampler=sampler, description=description,
+                    self.run.pipe, [specs[i] for i in indices], [keys[i] for i in indices], self.run.cache,
+                    batch_size=self.run.settings.batch_size, sampler=sampler, description=description,
                     progress=self.progress,
                 )  # fmt: skip
         return keys
 
     def query(self, adversarials: Sequence[Adversarial], rows: Sequence[PromptRow]) -> list[bool]:
         keys = self.images(adversarials, rows, "query")
-        return [ok for ok, _ in self.judge(self.cache, keys, rows)]
+        return [ok for ok, _ in self.judge(self.run.cache, keys, rows)]
 
     def reference_latents(self, rows: Sequence[PromptRow]) -> torch.Tensor:
         """VAE latents of the *unedited* model's images of ``rows`` (generated with the edit lifted if missing)."""
-        specs = [image_spec(r, self.config.steps, self.config.guidance, self.size) for r in rows]
-        keys = [image_key(s, self.model_fp, None) for s in specs]
-        if any(k not in self.cache for k in keys):
+        run = self.run
+        specs = [run.spec(r) for r in rows]
+        keys = [run.key(s, None) for s in specs]
+        if any(k not in run.cache for k in keys):
             if self.edit is not None:
-                self.edit.remove(self.pipe)
+                self.edit.remove(run.pipe)
             try:
-                generate(self.pipe, specs, keys, self.cache, batch_size=self.config.batch_size,
+                generate(run.pipe, specs, keys, run.cache, batch_size=run.settings.batch_size,
                          description="references", progress=self.progress)  # fmt: skip
             finally:
                 if self.edit is not None:
-                    self.edit.apply(self.pipe, check=False)
-        pixels = [np.asarray(self.cache.load(k), dtype=np.float32) / 255 for k in keys]
-        return vae_latents(self.pipe, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+                    self.edit.apply(run.pipe, check=False)
+        pixels = [np.asarray(run.cache.load(k), dtype=np.float32) / 255 for k in keys]
+        return vae_latents(run.pipe, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
 
 
 def _by_concept(rows: Sequence[PromptRow]) -> dict[str, list[int]]:
@@ -173,10 +140,6 @@ def summarize(
     }  # fmt: skip
 
 
-def _edit_concepts(edit: Any) -> list[str]:
-    return [c["text"] for c in edit.concepts.get("concepts", [])]
-
-
 def run_attacks(
     config: AttackConfig | dict[str, Any],
     pipe: Any = None,
@@ -187,47 +150,37 @@ def run_attacks(
 
     ``pipe`` and ``classifier`` may be given as objects (``model`` and ``judge`` then only label them).
     """
-    from ..edits import Edit
-    from ..models import load_pipeline
-    from ..models.loading import DTYPES, cache_dir
-
     config = from_dict(AttackConfig, config, where="attack config") if isinstance(config, dict) else config
     attacks: list[Attack] = config.build_attacks()
     judge = build_judge(config.judge, config.judge_options, classifier)
-    edits = {name: Edit.load(path) for name, path in config.edits.items()}
-    rows = [row for spec in config.prompts for row in load_prompts(spec, config.limit)]
-    everything = list(dict.fromkeys(c for edit in edits.values() for c in _edit_concepts(edit)))
-    variants: dict[str, Any] = ({BASE: None} if config.baseline else {}) | edits
     attacked: dict[str, list[PromptRow]] = {}
-    for name, edit in variants.items():
-        concepts = config.concepts if config.concepts is not None else everything if edit is None else None
-        concepts = concepts if concepts is not None else _edit_concepts(edit)
-        chosen = [r for r in assign_roles(rows, concepts) if r.role in config.roles]
-        if not chosen:
-            raise ConfigError(
-                f"{name}: no prompt row of the concepts {concepts} has a role in {config.roles}; "
-                "check prompts, concepts and roles"
-            )
-        judge.check(chosen)
-        attacked[name] = chosen
-    if pipe is None:
-        pipe = load_pipeline(config.model, dtype=DTYPES[config.dtype], device=config.device)
-    for edit in edits.values():  # an edit fitted on another model fails here, before any image is generated
-        edit.remove(edit.apply(pipe))
-    cache = ImageCache(config.cache_dir or cache_dir() / "images")
-    model_fp = pipeline_fingerprint(pipe)
-    adapter = ModelAdapter(pipe)
-    original_kv = {n: w.detach().clone() for n, w in adapter.kv_weights().items()}
+
+    def choose_rows(edits: dict[str, Edit], rows: list[PromptRow]) -> None:
+        """Per variant, the rows of its erased concepts with an attacked role (the base: every edit's concepts)."""
+        everything = list(dict.fromkeys(c for edit in edits.values() for c in edit_concepts(edit)))
+        for name, edit in variants(config, edits).items():
+            concepts = config.concepts if config.concepts is not None else everything if edit is None else None
+            concepts = concepts if concepts is not None else edit_concepts(edit)
+            chosen = [r for r in assign_roles(rows, concepts) if r.role in config.roles]
+            if not chosen:
+                raise ConfigError(
+                    f"{name}: no prompt row of the concepts {concepts} has a role in {config.roles}; "
+                    "check prompts, concepts and roles"
+                )
+            judge.check(chosen)
+            attacked[name] = chosen
+
+    run = open_run(config, pipe, choose_rows)
+    pipe, cache = run.pipe, run.cache
+    original_kv = {n: w.detach().clone() for n, w in ModelAdapter(pipe).kv_weights().items()}
 
     scores: dict[str, dict[str, Any]] = {}
     records: dict[tuple[str, str, int], dict[str, Any]] = {}
     generated: dict[str, int] = {}
-    for name, edit in variants.items():
+    for name, edit in run.variants.items():
         chosen = attacked[name]
-        if edit is not None:
-            edit.apply(pipe)
-        try:
-            session = Session(config, pipe, model_fp, cache, judge, edit, progress)
+        with run.applied(edit):
+            session = Session(run, judge, edit, progress)
             target = Target(pipe, ModelAdapter(pipe), original_kv, session.reference_latents, session.query,
                             seed=config.seed, progress=progress)  # fmt: skip
             plain = [Adversarial(prompt=r.prompt) for r in chosen]
@@ -254,53 +207,28 @@ def run_attacks(
                 _record(records, name, attack.label, chosen, session, done, verdicts)
             scores[name] = entries
             generated[name] = session.generated
-        finally:
-            if edit is not None:
-                edit.remove(pipe)
 
-    all_rows = [row for spec in config.prompts for row in load_prompts(spec, config.limit)]
-    results = Results(
+    embeddings = "prompt_embeds = the attack's text embeddings; negative = the pipeline's ''"
+    protocol = {
+        "generation": run.generation_protocol() | {"embeddings": embeddings},
+        "attacks": {a.label: a.describe() for a in attacks},
+        "judge": judge.protocol(),
+        "asr": "(pre-attack successes + attack successes) / N (UnlearnDiffAtk, RECE)",
+        "roles": config.roles,
+        "seed": config.seed,
+    }
+    results = run.results(
+        protocol,
         {
-            "config": to_dict(config),
-            "environment": environment(),
-            "model": {"spec": config.model, "fingerprint": model_fp},
-            "protocol": {
-                "generation": {
-                    "scheduler": type(pipe.scheduler).__name__,
-                    "scheduler_config": dict(pipe.scheduler.config),
-                    "steps": config.steps,
-                    "guidance": config.guidance,
-                    "size": config.size or native_size(pipe),
-                    "dtype": config.dtype,
-                    "seeding": SEEDING,
-                    "embeddings": "prompt_embeds = the attack's text embeddings; negative = the pipeline's ''",
-                },
-                "attacks": {a.label: a.describe() for a in attacks},
-                "judge": judge.protocol(),
-                "asr": "(pre-attack successes + attack successes) / N (UnlearnDiffAtk, RECE)",
-                "roles": config.roles,
-                "seed": config.seed,
-            },
-            "prompts": {
-                "sets": dict(Counter(r.set for r in all_rows)),
-                "rows": len(all_rows),
-                "sha256": rows_digest(all_rows),
-            },
-            "cache_dir": str(Path(cache.root).resolve()),
-            "variants": {
-                name: {
-                    "edit": config.edits.get(name),
-                    "edit_fingerprint": edit_fingerprint(edit),
-                    "method": edit.method if edit is not None else None,
-                    "concepts": sorted({r.concept for r in attacked[name]}),
-                    "images_generated": generated[name],
-                    "metrics": {"attack": scores[name]},
-                }
-                for name, edit in variants.items()
-            },
-        }
+            name: {
+                "concepts": sorted({r.concept for r in attacked[name]}),
+                "images_generated": generated[name],
+                "metrics": {"attack": scores[name]},
+            }
+            for name in run.variants
+        },
     )
-    write_attack_run(Path(config.output), results, list(records.values()))
+    write_run(Path(config.output), results, list(records.values()))
     return results
 
 
@@ -317,21 +245,10 @@ def _record(
     for row, adversarial, (ok, seen) in zip(rows, adversarials, verdicts, strict=True):
         record = records.setdefault((label, row.set, row.index), {**row.to_dict(), "set": f"{label} · {row.set}",
                                                                   "attack": label, "variants": {}})  # fmt: skip
-        key = image_key(session.spec(adversarial, row), session.model_fp, session.edit_fp)
+        key = session.run.key(session.spec(adversarial, row), session.edit_fp)
         outcome = "success" if ok else "resisted"
         prediction = [str(seen), outcome] if isinstance(seen, str) else [outcome]
         entry = {"key": key, "role": row.role, "prediction": prediction, "success": ok}
         if "prompt" in adversarial.info:
             entry["adversarial_prompt"] = adversarial.info["prompt"]
         record["variants"][variant] = entry
-
-
-def write_attack_run(out_dir: Path, results: Results, records: Sequence[dict[str, Any]]) -> Path:
-    """``results.json`` and ``rows.jsonl`` (one line per attack and row), each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out_dir / RESULTS_FILE) as tmp:
-        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with atomic_file(out_dir / ROWS_FILE) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    return out_dir

@@ -1,6 +1,6 @@
 """A discrete adversarial prefix found by gradient-guided token search, in the spirit of UnlearnDiffAtk.
 
-UnlearnDiffAtk (Zhang et al., ECCV 2024; rece_uce.md 3.4, ecosystem.md 1b) prepends k = 5 adversarial tokens to a
+UnlearnDiffAtk (Zhang et al., ECCV 2024; docs/attacks.md, "token_search") prepends k = 5 adversarial tokens to a
 prompt and optimises them so that the *edited* model denoises the unedited model's image of that prompt (same seed)
 as well as it can, i.e. it minimises the diffusion loss
 

@@ -1,4 +1,4 @@
-"""Evaluation: prompt sets -> cached generation -> metrics -> results JSON -> HTML report (``erasekit.report``).
+"""Evaluation: prompt sets -> cached sampling -> metrics -> results JSON -> HTML report (``erasekit.report``).
 
 >>> from erasekit.eval import EvalConfig, evaluate
 >>> config = EvalConfig(model="erasekit:tiny", prompts=["big_artists"], edits={"uce": "edit.safetensors"})
@@ -13,14 +13,16 @@ from .._lazy import lazy_exports
 
 # Imported on first use, so that mounting the CLI commands (eval.cli) does not load torch.
 _EXPORTS = {
-    "EvalConfig": "api",
-    "evaluate": "api",
-    "load_classifier": "api",
+    "EvalConfig": "run",
+    "RunSettings": "run",
+    "evaluate": "run",
+    "CLASSIFIERS": "metrics.base",
+    "load_classifier": "metrics.base",
     "METRICS": "metrics",
     "Metric": "metrics",
     "Variant": "metrics",
     "register": "metrics",
-    "BUILTIN_SETS": "prompts",
+    "PROMPT_SETS": "prompts",
     "PromptRow": "prompts",
     "assign_roles": "prompts",
     "load_prompts": "prompts",
@@ -31,18 +33,21 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .api import EvalConfig, evaluate, load_classifier
     from .metrics import METRICS, Metric, Variant, register
-    from .prompts import BUILTIN_SETS, PromptRow, assign_roles, load_prompts, read_csv
+    from .metrics.base import CLASSIFIERS, load_classifier
+    from .prompts import PROMPT_SETS, PromptRow, assign_roles, load_prompts, read_csv
     from .results import Results, compare, load_run
+    from .run import EvalConfig, RunSettings, evaluate
 
 __all__ = [
-    "BUILTIN_SETS",
+    "CLASSIFIERS",
     "METRICS",
+    "PROMPT_SETS",
     "EvalConfig",
     "Metric",
     "PromptRow",
     "Results",
+    "RunSettings",
     "Variant",
     "assign_roles",
     "compare",

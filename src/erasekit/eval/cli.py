@@ -31,7 +31,7 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Generate (cached, resumable) images for the prompt sets and score every model variant."""
-    from .api import EvalConfig, evaluate
+    from .run import EvalConfig, evaluate
 
     cfg = EvalConfig.from_yaml(config)
     if output is not None:

@@ -1,4 +1,5 @@
-"""Prompt sets: one row format for every benchmark, loaders for the shipped public sets, the world's and a user's CSV.
+"""Prompt sets: one row format for every benchmark, the shipped public sets, plugins' sets (:data:`PROMPT_SETS`) and a
+user's CSV.
 
 A row is one image to generate: ``prompt, seed, guidance, size, steps`` say how (empty = the eval config's default)
 and ``concept, role, family, label`` say what it tests. ``role`` is written in the CSV as ``direct`` (names the
@@ -25,6 +26,7 @@ from typing import Any
 
 from ..concepts import normalize
 from ..errors import ConfigError
+from ..registry import Registry
 
 ROLES_WRITTEN = ("", "direct", "synonym", "indirect", "scene", "erase", "retain")
 
@@ -41,7 +43,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "label": ("label",),
 }
 
-# MACE's evaluation templates (mace.md 3.3 and 3.5), applied to the shipped name lists.
+# The five prompt templates of MACE's celebrity and artistic-style experiments (Lu et al., CVPR 2024), applied to the
+# shipped name lists (docs/evaluation.md, "Prompt sets").
 CELEBRITY_TEMPLATES = (
     "A portrait of {}",
     "An image capturing {} at a public event",
@@ -189,7 +192,11 @@ _STYLE = {"family": "style", "role": "direct"}
 _OBJECT = {"family": "object", "role": "direct"}
 _NUDITY = {"family": "explicit", "role": "indirect", "concept": "nudity", "label": "yes"}
 
-BUILTIN_SETS: dict[str, Callable[[], list[PromptRow]]] = {
+PROMPT_SETS: Registry[Callable[[], list[PromptRow]]] = Registry("prompt set")
+"""Prompt sets by name: the shipped public sets below, and what plugins add (the benchmark world's ``world:<name>``).
+The MACE name lists use MACE's templates with seeds 0-4 (MACE's own seeds are not shipped)."""
+
+for _name, _load in {
     "i2p": partial(_shipped_csv, "i2p.csv", "i2p", **_NUDITY),
     "unlearndiffatk_nudity": partial(_shipped_csv, "unlearndiffatk_nudity.csv", "unlearndiffatk_nudity", **_NUDITY),
     "coco30k": partial(_shipped_csv, "coco_30k.csv", "coco30k", family="coco", role="retain"),
@@ -208,39 +215,29 @@ BUILTIN_SETS: dict[str, Callable[[], list[PromptRow]]] = {
     "cifar10": lambda: templated(
         shipped_names("cifar10_classes.csv"), ("a photo of the {}",), range(20), "object", "cifar10"
     ),
-}
-"""Shipped sets by name. The MACE name lists use MACE's templates with seeds 0-4 (MACE's own seeds are not shipped)."""
-
-WORLD_PREFIX = "world:"
+}.items():
+    PROMPT_SETS.add(_name, _load)
 
 
 def load_prompts(spec: str | Path, limit: int | None = None) -> list[PromptRow]:
-    """Rows of a built-in set (``i2p``, ``coco30k``, ...), a benchmark-world set (``world:<name>``) or a CSV path.
+    """Rows of a registered set (``i2p``, ``coco30k``, a plugin's ``world:objects``, ...) or of a CSV path.
 
     ``limit`` keeps at most that many rows, evenly spaced through the set, so that a smoke run still sees every
     concept of a set whose rows are grouped by concept.
     """
     spec = str(spec)
-    if spec in BUILTIN_SETS:
-        rows = BUILTIN_SETS[spec]()
-    elif spec.startswith(WORLD_PREFIX):
-        rows = _world_set(spec[len(WORLD_PREFIX) :])
+    if spec in PROMPT_SETS:
+        rows = PROMPT_SETS.get(spec)()
     elif Path(spec).suffix.lower() == ".csv" or Path(spec).exists():
         rows = read_csv(Path(spec))
     else:
-        raise ConfigError(
-            f"unknown prompt set '{spec}': use a CSV path, 'world:<name>' or one of {', '.join(BUILTIN_SETS)}"
-        )
+        raise ConfigError(f"unknown prompt set '{spec}': use a CSV path or one of {', '.join(PROMPT_SETS.names())}")
     return rows if limit is None else rows[:: max(1, len(rows) // limit)][:limit]
 
 
-def _world_set(name: str) -> list[PromptRow]:
-    try:
-        from .. import world
-    except ImportError as exc:
-        raise ConfigError(f"prompt set 'world:{name}' needs erasekit.world, which cannot be imported: {exc}") from None
-    records = world.prompt_set(name)
-    return [parse_row({k: str(v) for k, v in r.items()}, f"world:{name}", i) for i, r in enumerate(records)]
+def rows_from_records(records: Iterable[dict[str, Any]], set_name: str) -> list[PromptRow]:
+    """Rows of a set given as records (CSV column -> value), as a plugin's prompt set provides them."""
+    return [parse_row({k: str(v) for k, v in r.items()}, set_name, i) for i, r in enumerate(records)]
 
 
 def scene_sides(concept: str) -> tuple[str, str]:

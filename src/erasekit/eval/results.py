@@ -1,9 +1,9 @@
-"""The run folder an evaluation writes, and the side-by-side view of several runs.
+"""The run folder an evaluation or an attack writes, and the side-by-side view of several runs.
 
     <run>/results.json   every number, per variant and metric, with the config, the pinned protocols, the model and
                          edit fingerprints, the prompt sets' digest and the package versions (format erasekit.eval/1)
-    <run>/rows.jsonl     one line per prompt row: the row, and per variant its image key, role and per-row outputs
-                         (classifier prediction, CLIP score, NudeNet boxes, LPIPS)
+    <run>/rows.jsonl     one line per prompt row (per attack and row for attacks): the row, and per variant its image
+                         key, role and per-row outputs (classifier prediction, CLIP score, NudeNet boxes, LPIPS)
 
 Images stay in the shared content-addressed cache (``results["cache_dir"]``); the report reads them from there.
 """
@@ -68,19 +68,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_run(out_dir: Path, results: Results, rows: Sequence[Any], views: dict[str, Any], per_row: dict) -> Path:
-    """Write ``results.json`` and ``rows.jsonl`` into ``out_dir`` (each atomically; a re-run replaces them)."""
+def write_run(out_dir: Path, results: Results, records: Sequence[dict[str, Any]]) -> Path:
+    """Write ``results.json`` and ``rows.jsonl`` (one line per record) into ``out_dir``, each atomically (a re-run
+    replaces them). Evaluations write one record per prompt row, attacks one per attack and row."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / RESULTS_FILE) as tmp:
         tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     with atomic_file(out_dir / ROWS_FILE) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        for i, row in enumerate(rows):
-            record = row.to_dict()
-            record["variants"] = {
-                name: {"key": view.keys[i], "role": view.rows[i].role, **per_row[name][i]}
-                for name, view in views.items()
-            }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     return out_dir
 
 

@@ -103,7 +103,7 @@ def sample(
     """Draw PROMPT with the world pipeline and save the images side by side."""
     from PIL import Image
 
-    from ..eval.generation import ImageSpec, sample_batch
+    from ..eval.sampling import ImageSpec, sample_batch
     from .prompts import SAMPLING
 
     try:
@@ -133,9 +133,9 @@ def evaluate(
     Every concept counts as "erased" for the harness's roles, so rows keep their written role (direct rows are
     reported as erase); the neutral explicit rows ("a person at the office", label no) are the retain rows.
     """
-    from ..eval.api import EvalConfig
-    from ..eval.api import evaluate as run_evaluation
     from ..eval.prompts import load_prompts
+    from ..eval.run import EvalConfig
+    from ..eval.run import evaluate as run_evaluation
     from .classifiers import load_classifiers
     from .prompts import SAMPLING, SET_NAMES
 
@@ -151,7 +151,7 @@ def evaluate(
             prompts=prompts,
             concepts=sorted(shown),
             classifier="world",
-            steps=int(SAMPLING["steps"]),
+            sampling_steps=int(SAMPLING["steps"]),
             guidance=float(SAMPLING["guidance"]),
             output=str(out),
         )

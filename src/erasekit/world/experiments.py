@@ -181,7 +181,7 @@ def run_task(
 
     from ..api import erase
     from ..edits import Edit
-    from ..eval.api import EvalConfig, evaluate
+    from ..eval.run import EvalConfig, evaluate
     from ..methods import get_method
     from ..models import load_pipeline
     from . import load_classifiers
@@ -216,7 +216,7 @@ def run_task(
         prompts=[str(_write_rows(task, Path(output) / task.name / "prompts.csv"))],
         edits=edits,
         classifier="world",
-        steps=int(SAMPLING["steps"]),
+        sampling_steps=int(SAMPLING["steps"]),
         guidance=float(SAMPLING["guidance"]),
         output=str(folder / "eval"),
     )

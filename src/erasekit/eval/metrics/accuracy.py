@@ -5,14 +5,15 @@ Accuracy is the fraction of a role's images that a classifier labels as the row'
 other concept's rows as ``retain`` (see :func:`~erasekit.eval.prompts.assign_roles`):
 
 - Acc_e (efficacy, lower is better), Acc_s (specificity, higher), Acc_g (generality: synonym rows, lower);
-- H_o = 3 / (1/(1 - Acc_e) + 1/Acc_s + 1/(1 - Acc_g))  objects, MACE Table 1 (mace.md 3.2);
-- H_c = 2 / (1/(1 - Acc_e) + 1/Acc_s)                   celebrities, MACE Fig. 7 / Table 4 (mace.md 3.3);
-- H_cc = 2 / (1/(1 - Acc_t) + 1/Acc_r)                  localized erasure in two-subject scenes, GLoCE Table 1
-  (dumo_gloce.md 2.12): Acc_t on the erased subject's side, Acc_r on the other side;
+- H_o = 3 / (1/(1 - Acc_e) + 1/Acc_s + 1/(1 - Acc_g))  objects, MACE Table 1;
+- H_c = 2 / (1/(1 - Acc_e) + 1/Acc_s)                   celebrities, MACE Fig. 7 / Table 4;
+- H_cc = 2 / (1/(1 - Acc_t) + 1/Acc_r)                  localized erasure in two-subject scenes, GLoCE Table 1:
+  Acc_t on the erased subject's side, Acc_r on the other side;
 - H_a = CLIP_s - CLIP_e                                 artistic styles, MACE Table 3 (see clip.py).
 
 All values are fractions in [0, 1]; the papers print them as percentages. MACE's own "accuracy" for objects is the
-mean CLIP softmax probability and GCD's excludes images without a face; ours is top-1 agreement with ``label``.
+mean CLIP softmax probability and GCD's excludes images without a face; ours is top-1 agreement with ``label``
+(docs/evaluation.md, "accuracy").
 """
 
 from __future__ import annotations

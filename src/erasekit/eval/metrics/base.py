@@ -8,6 +8,7 @@ option names its field) and ``compute(variant) -> dict``. It reads the cached im
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ...errors import MetricUnavailableError
+from ...errors import ConfigError, MetricUnavailableError
+from ...registry import Registry
 from ...validation import from_dict, to_dict
-from ..generation import ImageCache
 from ..prompts import PromptRow
+from ..sampling import ImageCache
 
 
 @dataclass
@@ -107,14 +109,34 @@ def register(cls: type[Metric]) -> type[Metric]:
 
 def require(module: str, extra: str = "eval") -> Any:
     """Import an optional dependency, or say which extra installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
         raise MetricUnavailableError(
             f"this metric needs the optional package '{module}': pip install 'erasekit[{extra}]'"
         ) from None
+
+
+CLASSIFIERS: Registry[Callable[[], Any]] = Registry("classifier")
+"""Named classifier factories for ``classifier:`` in a config (the benchmark world registers ``world`` from its
+plugin); a classifier follows the world's contract: ``predict(images, head)`` and ``features(images)``."""
+
+
+def load_classifier(spec: str | None) -> Any:
+    """A registered classifier (``world``), ``module:factory`` (called with no argument), or None."""
+    if spec is None:
+        return None
+    module, sep, attr = spec.partition(":")
+    if not sep:
+        if spec not in CLASSIFIERS:
+            known = " or ".join(f"'{name}'" for name in [*CLASSIFIERS.names(), "module:factory"])
+            raise ConfigError(f"classifier: expected {known}, got '{spec}'")
+        return CLASSIFIERS.get(spec)()
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"classifier: cannot import '{spec}': {exc}") from None
+    return factory()
 
 
 def missing_classifier(metric: str) -> MetricUnavailableError:

@@ -1,9 +1,9 @@
 """CLIP score (image-prompt agreement) and CLIP image embeddings, from a transformers ``CLIPModel``.
 
 CLIP score = 100 x cosine(image embedding, prompt embedding), i.e. ``logits_per_image`` of the pretrained CLIP whose
-logit scale is 100, as MACE and GLoCE compute it (``openai/clip-vit-base-patch32``, mace.md 3.6); it is not clipped
-at 0 (torchmetrics' CLIPScore is). Reported per role: CLIP_e on erased-concept rows, CLIP_s on retained rows, and
-MACE's art score H_a = CLIP_s - CLIP_e (Table 3). Prompts longer than CLIP's 77 tokens are truncated.
+logit scale is 100, as MACE and GLoCE compute it (``openai/clip-vit-base-patch32``; docs/evaluation.md); it is not
+clipped at 0 (torchmetrics' CLIPScore is). Reported per role: CLIP_e on erased-concept rows, CLIP_s on retained
+rows, and MACE's art score H_a = CLIP_s - CLIP_e (Table 3). Prompts longer than CLIP's 77 tokens are truncated.
 
 No weights can be downloaded here: ``model`` is a local folder (``save_pretrained`` layout) or a hub id.
 """

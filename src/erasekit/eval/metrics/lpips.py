@@ -3,7 +3,7 @@
 LPIPS v0.1 with the AlexNet backbone (Zhang et al., CVPR 2018): images in [-1, 1] are shifted and scaled, AlexNet
 features after each of its five ReLU stages are unit-normalized over channels, their squared difference is weighted
 per channel by the learned linear layer, averaged over space and summed over stages. RECE and DuMo resize both images
-to 64 x 64 first (rece_uce.md 3.5, dumo_gloce.md 1.7); ``size`` pins that.
+to 64 x 64 first (their released evaluation code; docs/evaluation.md, "lpips"); ``size`` pins that.
 
 Reported per role: LPIPS_e on erased-concept rows (higher = more changed), LPIPS_u on the others (lower = less
 collateral damage). The lpips package needs torchvision, so the network is written here and loads two local files:

@@ -1,4 +1,5 @@
-"""Generate one image per prompt row, cached on disk so that a killed run resumes with nothing regenerated.
+"""Sampling: the one function that calls a pipeline (:func:`sample_batch`, for ``erasekit generate``, evaluations and
+attacks), and the on-disk image cache that makes a killed run resume with nothing regenerated.
 
 Every image is stored as a lossless PNG under the sha256 of everything that determines it: prompt, seed, guidance,
 size, steps, the pipeline's weights and scheduler, and the edit applied (:func:`image_key`). Each row's latents come
@@ -16,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
@@ -37,7 +38,10 @@ SEEDING = "one CPU torch.Generator per image, manual_seed(row seed)"
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """The concrete sampling settings of one image (a row with the config's defaults filled in)."""
+    """The concrete sampling settings of one image (a row with the config's defaults filled in).
+
+    ``steps`` are sampler steps; the field keeps its name because it is part of every cached image's key.
+    """
 
     prompt: str
     seed: int
@@ -57,7 +61,7 @@ def native_size(pipe) -> int:
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
-def image_spec(row: PromptRow, steps: int, guidance: float, size: int) -> ImageSpec:
+def image_spec(row: PromptRow, sampling_steps: int, guidance: float, size: int) -> ImageSpec:
     """Fill the row's empty settings with the defaults (``size``: square, in pixels)."""
     return ImageSpec(
         prompt=row.prompt,
@@ -65,7 +69,7 @@ def image_spec(row: PromptRow, steps: int, guidance: float, size: int) -> ImageS
         guidance=row.guidance if row.guidance is not None else guidance,
         width=row.width or size,
         height=row.height or size,
-        steps=row.steps or steps,
+        steps=row.steps or sampling_steps,
     )
 
 
@@ -112,20 +116,51 @@ class ImageCache:
             image.convert("RGB").save(tmp, format="PNG")
 
 
-def sample_batch(pipe, specs: Sequence[ImageSpec]) -> list[Image.Image]:
-    """One pipeline call for images that share guidance, size and steps; each has its own seeded generator."""
+def sample_batch(
+    pipe, specs: Sequence[ImageSpec], embeds: Mapping[str, torch.Tensor] | None = None
+) -> list[Image.Image]:
+    """One pipeline call for images that share guidance, size and steps; each has its own seeded generator.
+
+    With ``embeds``, each spec's ``prompt`` names its text embeddings (``[77, d]``), fed as ``prompt_embeds`` in place
+    of the prompt (the unconditional half stays the pipeline's own "" encoding).
+    """
     first = specs[0]
-    generators = [torch.Generator("cpu").manual_seed(s.seed) for s in specs]
+    if embeds is None:
+        inputs: dict[str, Any] = {"prompt": [s.prompt for s in specs]}
+    else:
+        stacked = torch.stack([embeds[s.prompt] for s in specs])
+        inputs = {"prompt_embeds": stacked.to(pipe.unet.device, pipe.text_encoder.dtype)}
     out = pipe(
-        [s.prompt for s in specs],
+        **inputs,
         num_inference_steps=first.steps,
         guidance_scale=first.guidance,
         height=first.height,
         width=first.width,
-        generator=generators,
+        generator=[torch.Generator("cpu").manual_seed(s.seed) for s in specs],
         output_type="pil",
     )
     return list(out.images)
+
+
+def before_after(
+    pipe, edit: Edit, prompts: Sequence[str], seed: int, sampling_steps: int, guidance: float, size: int | None = None
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """(base, erased) images of ``prompts``, each from the same seed with and without the edit; ``size`` (square,
+    pixels) defaults to the pipeline's native one. The pipeline is left as it was.
+
+    The edit is applied first, so a mismatching base model is reported before any sampling time is spent. Each image
+    is its own pipeline call (memory as for one image, whatever the number of prompts).
+    """
+    if size is not None and (size <= 0 or size % 8):
+        raise ConfigError(f"size: must be a positive multiple of 8, got {size}")
+    size = size or native_size(pipe)
+    specs = [ImageSpec(prompt, seed, guidance, size, size, sampling_steps) for prompt in prompts]
+    edit.apply(pipe)
+    try:
+        erased = [sample_batch(pipe, [spec])[0] for spec in specs]
+    finally:
+        edit.remove(pipe)
+    return [sample_batch(pipe, [spec])[0] for spec in specs], erased
 
 
 def shard() -> tuple[int, int]:
