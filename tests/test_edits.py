@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import sample_image
 from safetensors.torch import load_file, save_file
 
 from erasekit import Edit, erase, load_edit, load_pipeline
 from erasekit.errors import ArtifactError, BaseModelMismatchError, OutputExistsError
-from helpers import sample_image
 
 
 @pytest.fixture

@@ -66,8 +66,8 @@ def test_ridge_solve_refuses_a_negative_ridge():
 
 def test_an_ill_conditioned_system_is_refused_not_solved_into_huge_weights():
     """Rank-deficient data with no ridge: Cholesky may succeed on rounding noise, the answer would be meaningless."""
-    A, B, X0 = _problem(2, n=3)  # 3 rows in 7 dimensions
+    A, B, _ = _problem(2, n=3)  # 3 rows in 7 dimensions
     nearly_singular = gram(A) + 1e-14 * torch.eye(7, dtype=torch.float64)
-    with pytest.raises(NumericalError, match="ill-conditioned.*increase the ridge coefficient lambda or preserve"):
+    with pytest.raises(NumericalError, match=r"ill-conditioned.*increase the ridge coefficient lambda or preserve"):
         ridge_solve(cross(B, A), nearly_singular, 0.0)
     ridge_solve(cross(B, A), nearly_singular, 1e-3)  # the same data with a small ridge is well posed

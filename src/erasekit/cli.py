@@ -26,19 +26,34 @@ from . import __version__
 from .concepts import RunConfig
 from .errors import ConfigError, ErasekitError, OutputExistsError
 from .io import atomic_file, check_output
+from .validation import MAX_SEED, check_device
 
 if TYPE_CHECKING:
     from .edits import Edit
 
 WORLD_MODULE = "erasekit.world.cli"
 ARTIFACT_NAME = "edit.safetensors"
+ALLOW_MODIFIED_HELP = "Use an artifact even if it was changed after erasekit wrote it (see `erasekit info`)."
 
 console = Console(highlight=False)
 status_console = Console(stderr=True, highlight=False)
 
 
+# What an interrupted command leaves behind and how to go on (every output is written atomically).
+RESUME = {
+    "erase": "nothing was saved (the artifact is written when the fit completes); ESD, DuMo and MACE with "
+    "params.work_dir set resume from their last checkpoint when run again",
+    "eval": "the images generated so far are cached: run the same command again to continue from there",
+    "attack": "the images generated so far are cached: run the same command again to continue from there",
+    "world": "finished parts are kept (world train resumes from its checkpoints, world bench from its saved "
+    "edits and cached images): run the same command again",
+}
+DEFAULT_RESUME = "no partial output was written"
+
+
 class RootGroup(TyperGroup):
-    """The top-level command: reports :class:`ErasekitError` as one line with exit code 2, mounts ``world`` lazily."""
+    """The top-level command: reports :class:`ErasekitError` as one line with exit code 2, says what an interrupt
+    (Ctrl-C) left behind with exit code 130, mounts ``world`` lazily."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -46,6 +61,14 @@ class RootGroup(TyperGroup):
         except ErasekitError as exc:
             typer.echo(f"error: {exc}", err=True)
             sys.exit(2)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            command = ctx.invoked_subcommand or ""
+            typer.echo(f"\ninterrupted: {RESUME.get(command, DEFAULT_RESUME)}", err=True)
+            sys.exit(130)
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -129,15 +152,19 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the artifact's metadata as JSON.")] = False,
 ) -> None:
     """Show what an edit changes, on which base model, with which settings."""
-    from .edits import Edit
+    from .edits import INTEGRITY, MODIFIED, Edit
 
-    edit = Edit.load(artifact)
+    edit = Edit.load(artifact, verify=False)  # showing what a file holds is how one decides whether to trust it
     if as_json:
-        typer.echo(json.dumps(edit.metadata(), indent=2))
+        meta = edit.artifact_metadata()
+        meta["integrity"] = {**meta.get("integrity", {}), "verdict": edit.integrity}
+        typer.echo(json.dumps(meta, indent=2, sort_keys=True))
         return
     table = Table(title=escape(str(artifact)), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
+    verdict = escape(INTEGRITY[edit.integrity])
+    table.add_row("integrity", f"[bold red]{verdict}[/]" if edit.integrity == MODIFIED else verdict)
     table.add_row("method", edit.method)
     table.add_row("base model", escape(str(edit.info.get("model", "(not recorded)"))))
     table.add_row("base fingerprint", edit.base_fingerprint)
@@ -173,26 +200,33 @@ def generate(
         str | None, typer.Option("--model", "-m", help="Base model. Default: the one recorded in the artifact.")
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Grid image (.png, .jpg, ...).")] = Path("grid.png"),
-    seed: Annotated[int, typer.Option(help="Seed of every image, with and without the edit.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of every image, with and without the edit.")
+    ] = 0,
     sampling_steps: Annotated[int, typer.Option("--sampling-steps", "--steps", min=1, help="Denoising steps.")] = 30,
     guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 7.5,
-    size: Annotated[int | None, typer.Option(help="Image size in pixels. Default: the model's.")] = None,
+    size: Annotated[
+        int | None, typer.Option(min=8, help="Image side in pixels, a multiple of 8. Default: the model's.")
+    ] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing image.")] = False,
+    allow_modified: Annotated[bool, typer.Option(help=ALLOW_MODIFIED_HELP)] = False,
 ) -> None:
     """Sample the base model and the edited one from the same seed: a grid with a "base" and an "erased" row."""
     from PIL import Image
 
+    if size is not None and size % 8:
+        raise ConfigError(f"--size: must be a multiple of 8 (the autoencoder's downsampling), got {size}")
+    check_device(device, "--device")
     image_format = Image.registered_extensions().get(output.suffix.lower())
     if image_format is None:
         raise ConfigError(f"cannot tell the image format of '{output}'; use a suffix such as .png or .jpg")
     check_output(output, overwrite)
 
-    from .edits import Edit
     from .eval.sampling import before_after
     from .report import image_grid
 
-    edit = Edit.load(edit_path)
+    edit = _load_edit(edit_path, allow_modified)
     pipe = _load_base(edit, model, device)
     prompts = prompts or [c["text"] for c in edit.concepts.get("concepts", [])]
     with status_console.status(f"Sampling {len(prompts)} prompt(s) with and without the edit..."):
@@ -211,12 +245,12 @@ def export(
         str | None, typer.Option("--model", "-m", help="Base model. Default: the one recorded in the artifact.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    allow_modified: Annotated[bool, typer.Option(help=ALLOW_MODIFIED_HELP)] = False,
 ) -> None:
     """Save the base model with the edit applied as a diffusers folder (loads with from_pretrained)."""
-    from .edits import Edit
     from .models.loading import quiet_libraries, resolve_model
 
-    edit = Edit.load(edit_path)
+    edit = _load_edit(edit_path, allow_modified)
     edit.check_exportable()
     model = _base_model(edit, model)
     quiet_libraries()  # resolving erasekit:tiny imports diffusers pipelines, which warn on import
@@ -290,6 +324,16 @@ def _base_model(edit: Edit, model: str | None) -> str:
     if not model:
         raise ConfigError("this edit does not record its base model; pass it with --model")
     return model
+
+
+def _load_edit(path: Path, allow_modified: bool) -> Edit:
+    """The artifact at ``path``; one modified after it was written only when the user accepts it, with a warning."""
+    from .edits import MODIFIED, Edit
+
+    edit = Edit.load(path, verify=not allow_modified)
+    if edit.integrity == MODIFIED:
+        status_console.print(f"[bold red]warning:[/] '{escape(str(path))}' was modified after erasekit wrote it")
+    return edit
 
 
 def _load_base(edit: Edit, model: str | None, device: str = "cpu") -> Any:

@@ -116,6 +116,7 @@ class Edit:
     module_spec: dict[str, Any] = field(default_factory=dict)
     base_names: list[str] = field(default_factory=list)
     integrity: str = field(default=UNSAVED, compare=False)
+    digest: str | None = field(default=None, compare=False)
     log: dict[str, Any] = field(default_factory=dict, compare=False)
     _applied: dict[int, tuple[dict[str, torch.Tensor], Detach | None]] = field(
         default_factory=dict, repr=False, compare=False
@@ -290,14 +291,21 @@ class Edit:
             **{EXTRAS_PREFIX + k: v.contiguous() for k, v in self.extras.items()},
         }
         _check_finite(tensors, f"the {self.method} edit")
-        meta = self.metadata()
-        meta["integrity"] = {"algorithm": "sha256", "digest": _digest(meta, tensors)}
+        self.digest = _digest(self.metadata(), tensors)
+        meta = self.artifact_metadata()
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata={"erasekit": json.dumps(meta, sort_keys=True)})
         with atomic_file(path.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         self.integrity = INTACT
         return path
+
+    def artifact_metadata(self) -> dict[str, Any]:
+        """:meth:`metadata` with the integrity digest, as written in the artifact (once saved or loaded)."""
+        meta = self.metadata()
+        if self.digest is not None:
+            meta["integrity"] = {"algorithm": "sha256", "digest": self.digest}
+        return meta
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> Edit:
@@ -332,6 +340,7 @@ class Edit:
             module_spec=module_meta.get("spec", {}),
             base_names=module_meta.get("base_names", []),
             integrity=integrity,
+            digest=(meta.get("integrity") or {}).get("digest"),
         )
 
     def export(self, pipe, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -428,8 +437,9 @@ def _verify(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | 
     if verify:
         raise ArtifactError(
             f"artifact '{path}' was modified after erasekit wrote it (its integrity digest does not match its "
-            "tensors and metadata); refusing it. Inspect it with `erasekit info --allow-modified`, and accept it "
-            "explicitly (--allow-modified, Edit.load(path, verify=False)) only if you trust the change"
+            "tensors and metadata); refusing it. Inspect it with `erasekit info`, and accept it explicitly "
+            "(--allow-modified, allow_modified: true in a run config, Edit.load(path, verify=False)) only if you "
+            "trust the change"
         )
     return MODIFIED
 

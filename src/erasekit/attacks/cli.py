@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..eval.cli import OVERWRITE_HELP, load_settings, print_images
+
 console = Console(highlight=False)
 
 
@@ -20,16 +22,13 @@ def attack_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (overrides 'output').")] = None,
     limit: Annotated[int | None, typer.Option(help="Use at most N rows of each prompt set, evenly spaced.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Attack the unedited model and every edit; print the attack success rate (ASR) of each attack."""
     from .config import AttackConfig
     from .runner import run_attacks
 
-    cfg = AttackConfig.from_yaml(config)
-    if output is not None:
-        cfg.output = str(output)
-    if limit is not None:
-        cfg.limit = limit
+    cfg = load_settings(AttackConfig, config, output, limit, overwrite)
     results = run_attacks(cfg, progress=progress)
     variants = list(results["variants"])
     table = Table("ASR (%)", *variants)
@@ -40,6 +39,7 @@ def attack_command(
             cells.append(f"{100 * entry['asr']:.1f}" if entry.get("applicable") else "n/a")
         table.add_row(label, *cells)
     console.print(table)
+    print_images(results)
     console.print(f"results: {Path(cfg.output) / 'results.json'}  (erasekit report {cfg.output})")
 
 

@@ -7,7 +7,7 @@ cause are :class:`~erasekit.errors.ErasekitError`; the root CLI prints them as o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,26 +24,46 @@ def _print_table(header: list[str], rows: list[list[object]]) -> None:
     console.print(table)
 
 
+OVERWRITE_HELP = "Replace the results of another configuration in the run folder."
+
+
+def load_settings(cls: type, config: Path, output: Path | None, limit: int | None, overwrite: bool) -> Any:
+    """A run config read from YAML, with the command line's overrides."""
+    settings = cls.from_yaml(config)
+    if output is not None:
+        settings.output = str(output)
+    if limit is not None:
+        settings.limit = limit
+    settings.overwrite = overwrite
+    return settings
+
+
+def print_images(results: dict[str, Any], per_row: bool = False) -> None:
+    """How many images this run generated (a re-run generates none); with ``per_row`` (one image per prompt row and
+    variant, as in an evaluation) also how many came from the cache."""
+    generated = sum(v.get("images_generated", 0) for v in results["variants"].values())
+    needed = results["prompts"]["rows"] * len(results["variants"]) if per_row else generated
+    console.print(f"images: {generated} generated" + (f", {needed - generated} from the cache" if per_row else ""))
+
+
 def eval_command(
     config: Annotated[Path, typer.Argument(help="Eval config (YAML): model, prompts, edits, metrics, ...")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (overrides 'output').")] = None,
     limit: Annotated[int | None, typer.Option(help="Use at most N rows of each prompt set, evenly spaced.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Generate (cached, resumable) images for the prompt sets and score every model variant."""
     from .run import EvalConfig, evaluate
 
-    cfg = EvalConfig.from_yaml(config)
-    if output is not None:
-        cfg.output = str(output)
-    if limit is not None:
-        cfg.limit = limit
+    cfg = load_settings(EvalConfig, config, output, limit, overwrite)
     results = evaluate(cfg, progress=progress)
     if results is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
         return
     flat = results.flat()
     paths = list(dict.fromkeys(p for values in flat.values() for p in values if not any(s in p for s in PER_CLASS)))
     _print_table(["metric", *flat], [[p, *(flat[v].get(p) for v in flat)] for p in paths])
+    print_images(results, per_row=True)
     console.print(f"results: {Path(cfg.output) / 'results.json'}  (erasekit report {cfg.output})")
 
 

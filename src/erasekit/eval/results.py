@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import EvaluationError
-from ..io import atomic_file
+from ..errors import EvaluationError, OutputExistsError
+from ..io import atomic_file, check_output
 
 FORMAT = "erasekit.eval/1"
 RESULTS_FILE = "results.json"
@@ -86,18 +86,46 @@ def load_run(path: str | Path) -> Results:
     file = path / RESULTS_FILE if path.is_dir() else path
     if not file.is_file():
         raise EvaluationError(f"'{path}' is not an evaluation run: no {RESULTS_FILE} (run 'erasekit eval' first)")
-    data = json.loads(file.read_text(encoding="utf-8"))
-    if data.get("format") != FORMAT:
-        raise EvaluationError(f"'{file}' is not an erasekit evaluation result (format {data.get('format')!r})")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise EvaluationError(f"'{file}' is not an erasekit evaluation result (not JSON text)") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("variants"), dict):
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise EvaluationError(f"'{file}' is not an erasekit evaluation result (format {found!r})")
     return Results(data)
+
+
+def check_run_folder(out_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Before any work: ``out_dir`` must be a writable folder, and results already there must come from the same
+    configuration (a re-run continues it) unless ``overwrite``; never silently replace another run's results."""
+    check_output(out_dir, overwrite=True, folder=True)
+    if overwrite or not (out_dir / RESULTS_FILE).is_file():
+        return
+    try:
+        previous = load_run(out_dir)["config"]
+    except (EvaluationError, KeyError):
+        previous = None
+    ignored = {"output", "overwrite", "allow_modified"}
+    if not isinstance(previous, dict):
+        raise OutputExistsError(f"'{out_dir}' holds a {RESULTS_FILE} that is not an erasekit result; pass --overwrite")
+    changed = sorted(k for k in {*config, *previous} - ignored if config.get(k) != previous.get(k))
+    if changed:
+        raise OutputExistsError(
+            f"'{out_dir}' holds the results of another configuration (it differs in {', '.join(changed)}); "
+            "choose another output folder or pass --overwrite to replace them"
+        )
 
 
 def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     file = Path(run_dir) / ROWS_FILE
     if not file.is_file():
         raise EvaluationError(f"'{run_dir}' has no {ROWS_FILE}")
-    with file.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    try:
+        with file.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise EvaluationError(f"'{file}' is damaged (not JSON lines); run the evaluation again") from None
 
 
 def compare(runs: Sequence[str | Path], include: str | None = None) -> tuple[list[str], list[list[Any]]]:

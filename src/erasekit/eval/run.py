@@ -27,11 +27,11 @@ from PIL import Image
 
 from ..edits import Edit
 from ..errors import ConfigError
-from ..validation import from_dict, from_yaml, to_dict
+from ..validation import check_device, from_dict, from_yaml, to_dict
 from .metrics import METRICS, Metric, Variant
 from .metrics.base import load_classifier, missing_classifier
 from .prompts import PromptRow, assign_roles, load_prompts, rows_digest
-from .results import Results, environment, write_run
+from .results import Results, check_run_folder, environment, write_run
 from .sampling import (
     SEEDING,
     ImageCache,
@@ -73,6 +73,8 @@ class RunSettings:
     cache_dir: str | None = None
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    allow_modified: bool = False  # use edit artifacts changed after erasekit wrote them (erasekit info tells)
+    overwrite: bool = False  # replace the results of a different configuration in `output`
 
     verb: ClassVar[str] = "run"  # what the run does, for messages ("nothing to evaluate")
 
@@ -89,6 +91,7 @@ class RunSettings:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
         if self.size is not None and (self.size <= 0 or self.size % 8):
             raise ConfigError(f"size: must be a positive multiple of 8, got {self.size}")
+        check_device(self.device)
 
     @classmethod
     def from_yaml(cls: type[Settings], path: str | Path) -> Settings:
@@ -187,8 +190,14 @@ def open_run(
     from ..models import load_pipeline
     from ..models.loading import DTYPES, cache_dir
 
-    edits = {name: Edit.load(path) for name, path in settings.edits.items()}
-    rows = [row for spec in settings.prompts for row in load_prompts(spec, settings.limit)]
+    check_run_folder(Path(settings.output), to_dict(settings), settings.overwrite)
+    edits = {name: Edit.load(path, verify=not settings.allow_modified) for name, path in settings.edits.items()}
+    rows = []
+    for spec in settings.prompts:
+        found = load_prompts(spec, settings.limit)
+        if not found:
+            raise ConfigError(f"prompts: the prompt set '{spec}' has no rows; nothing to {settings.verb} with it")
+        rows += found
     if check is not None:
         check(edits, rows)
     rank, world = shard()

@@ -19,7 +19,9 @@ app = typer.Typer(help="The embedded benchmark world: a tiny trained text-to-ima
 
 @app.callback()
 def _threads(
-    threads: Annotated[int, typer.Option(help="torch CPU threads: world models are so small that 1 is fastest")] = 1,
+    threads: Annotated[
+        int, typer.Option(min=1, help="torch CPU threads: world models are so small that 1 is fastest")
+    ] = 1,
 ) -> None:
     torch.set_num_threads(threads)
 
@@ -187,6 +189,8 @@ def bench(
                 parsed = json.loads(params) if params else None
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--params: not valid JSON ({exc})") from None
+            if parsed is not None and not isinstance(parsed, dict):
+                raise ConfigError(f"--params: expected a JSON object such as '{{\"lamb\": 0.1}}', got {params}")
             run_task(task, method, parsed, preserve=preserve, output=output, label=label)
         typer.echo(markdown_table(load_summaries(task, output)))
     except ErasekitError as err:

@@ -1,6 +1,6 @@
 """Exact concept masks for the world generator's images: which pixels show the concept.
 
-MACE trains each concept's LoRA on the pixels a segmenter (Grounded-SAM) marks as the concept (MACE, Lu et al. CVPR 2024;
+MACE trains each concept's LoRA on the pixels a segmenter (Grounded-SAM) marks as the concept (Lu et al., CVPR 2024;
 docs/methods/mace.md). The world needs no segmenter: :func:`concept_mask` replays the generator's random draws for a
 ``(family, seed, concept)`` sample and repaints it on two sentinel backgrounds, so a pixel belongs to the concept
 exactly when it is not background. For the explicit attribute the mask is the bare torso (the pixels that change

@@ -1,12 +1,14 @@
 """The benchmark world as a plugin: what it adds to the library's registries (entry point ``erasekit.plugins``).
 
 The core never imports the world: the registries load this module when they meet a name they do not know, and it
-registers the model ``erasekit:world`` and the world's settings presets for the methods.
+registers the model ``erasekit:world``, the world's settings presets for the methods, its data sources
+(``erasekit.sources``: images, exact masks, training captions), its prompt sets and its classifiers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,12 @@ import torch
 
 from ..concepts import Concept, normalize
 from ..errors import ModelLayoutError
+from ..eval.metrics.base import CLASSIFIERS
+from ..eval.prompts import PROMPT_SETS, PromptRow, rows_from_records
 from ..methods.base import register_preset
 from ..models.loading import MODELS
 from ..sources import CAPTIONS, IMAGES, MASKS
+from .spec import SET_NAMES
 
 
 @MODELS.register("world")
@@ -30,7 +35,8 @@ def world_model(variant: str | None) -> Path:
 
 
 # CPU-sized settings for the world (32 px, 8x8 latents, a 3 M-parameter UNet), each measured in the method's page.
-# MACE (docs/methods/mace.md): its per-kind presets with a faster LoRA and the world's own images and captions.
+# MACE (docs/methods/mace.md): its per-kind presets with a faster LoRA, world-sized sampling and the world's own
+# captions as prior.
 register_preset(
     "mace",
     "world",
@@ -84,12 +90,6 @@ def world_captions(n: int, exclude: Sequence[str] = ()) -> list[str]:
 
 # Evaluation and attacks (docs/evaluation.md): the world's prompt sets as `world:<name>`, its classifiers as
 # `classifier: world` / `judge: world`. Both load on first use: this module must not import the image generator.
-from functools import partial  # noqa: E402 (this block's own imports)
-
-from ..eval.metrics.base import CLASSIFIERS  # noqa: E402
-from ..eval.prompts import PROMPT_SETS, PromptRow, rows_from_records  # noqa: E402
-
-WORLD_SETS = ("objects", "styles", "characters", "explicit", "scenes")  # world/prompts.py SET_NAMES (imports generator)
 
 
 def world_prompt_set(name: str) -> list[PromptRow]:
@@ -107,5 +107,5 @@ def world_classifiers() -> object:
     return load_classifiers()
 
 
-for _set in WORLD_SETS:
+for _set in SET_NAMES:
     PROMPT_SETS.add(f"world:{_set}", partial(world_prompt_set, _set))

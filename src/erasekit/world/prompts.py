@@ -33,13 +33,13 @@ from .spec import (
     INDIRECT_CONTEXTS,
     NEUTRAL_CONTEXTS,
     OBJECTS,
+    SET_NAMES,
     SHAPES,
 )
 
 COLUMNS: tuple[str, ...] = ("prompt", "seed", "guidance", "size", "steps", "concept", "role", "family", "label")
 SAMPLING: dict[str, float | int] = {"steps": 20, "guidance": 5.0, "size": IMAGE_SIZE}
 """Default sampling of the world pipeline (DDIM steps, classifier-free guidance scale, image side)."""
-SET_NAMES: tuple[str, ...] = ("objects", "styles", "characters", "explicit", "scenes")
 
 
 def _row(prompt: str, seed: int, concept: str, role: str, family: str, label: str) -> dict:

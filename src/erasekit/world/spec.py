@@ -190,3 +190,5 @@ P_SHIRTLESS_GENERIC = 0.1
 """How often a plain "a person" caption shows the attribute (it occurs in the data without being named)."""
 ERASABLE_CHARACTERS: tuple[str, ...] = tuple(c.name for c in CHARACTERS[:N_ERASABLE_CHARACTERS])
 RETAINED_CHARACTERS: tuple[str, ...] = tuple(c.name for c in CHARACTERS[N_ERASABLE_CHARACTERS:])
+SET_NAMES: tuple[str, ...] = ("objects", "styles", "characters", "explicit", "scenes")
+"""The world's prompt sets (``world/prompts.py`` builds them; ``erasekit.eval`` knows them as ``world:<name>``)."""
