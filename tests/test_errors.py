@@ -235,9 +235,19 @@ def test_export_refuses_a_folder_that_contains_the_model(artifact: Path, tmp_pat
 
 
 # -------------------------------------------------------------------- usage
-def test_usage_error_exits_with_2(tmp_path: Path):
-    assert invoke("erase", tmp_path / "c.yaml", "--bogus").exit_code == 2
-    assert invoke("frobnicate").exit_code == 2
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["erase", "c.yaml", "--bogus"], "No such option"),
+        (["frobnicate"], "No such command"),
+        (["erase"], "Missing argument"),
+        (["world", "--threads", "0", "bench", "--list-tasks"], "--threads"),
+        (["generate", "--edit", "e.safetensors", "--size", "4"], "--size"),
+        (["generate", "--edit", "e.safetensors", "--seed", str(2**64)], "--seed"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args, fragment):
+    assert_one_line_error(invoke(*args), fragment)
 
 
 def test_entry_point_prints_one_line_and_exits_2_without_traceback(tmp_path: Path):
@@ -248,3 +258,99 @@ def test_entry_point_prints_one_line_and_exits_2_without_traceback(tmp_path: Pat
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: config file '{tmp_path / 'missing.yaml'}' not found"]
     assert result.stdout == ""
+
+
+# -------------------------------------------------- classes of bad input, nothing written
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("method: uce\nconcepts: [dog]\ndevice: cdua\n", "'cdua' is not a device name"),
+        ("method: uce\nconcepts: [dog]\ndevice: 'cuda:99'\n", "cuda:99"),
+        ("method: uce\nconcepts: [dog]\nseed: 18446744073709551616\n", "seed: a seed must be in"),
+        ("method: uce\nconcepts: [dog]\nparams: {lamb: .inf}\n", "expected a finite number"),
+        ("method: uce\nconcepts: [dog]\nparams: {lamb: 1}\nparams: {lamb: 2}\n", "duplicate key 'params'"),
+        ("method: uce\nconcepts: [{text: dog, guide: dog}]\n", "its guide is the concept itself"),
+        ("method: uce\nconcepts: [dog]\npreserve_empty: true\n", "unknown field 'preserve_empty'"),
+        ("method: uce\nconcepts: [dog]\nparams: {lamb: 0, preserve_empty: false}\n", "ill-conditioned"),
+        ("method: esd\nconcepts: [dog]\nparams: {seed: -1}\n", "esd params.seed: a seed must be in"),
+        ("method: uce\nconcepts: [dog]\nparams: {preset: nope}\n", "uce params.preset: unknown preset 'nope'"),
+    ],
+)
+def test_bad_configs_are_one_line_and_write_nothing(erase_yaml, tmp_path: Path, body: str, fragment: str):
+    assert_one_line_error(erase_yaml(body), fragment)
+    assert listing(tmp_path) == ["config.yaml"]  # the config the fixture wrote, and no run folder
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"model: erasekit:tiny\nmethod: uce\nconcepts: [caf\xe9]\n")
+    assert_one_line_error(invoke("erase", config, "-o", tmp_path / "out"), "not UTF-8 text")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_is_a_folder_is_one_line(tmp_path: Path):
+    assert_one_line_error(invoke("erase", tmp_path), "not found")
+
+
+def test_model_names_with_a_bad_variant_are_refused(erase_yaml):
+    assert_one_line_error(erase_yaml("method: uce\nconcepts: [dog]\n", model="erasekit:tiny-abc"), "a seed")
+    assert_one_line_error(erase_yaml("method: uce\nconcepts: [dog]\n", model="erasekit:nope"), "unknown built-in")
+
+
+def test_an_output_where_a_file_stands_is_refused_before_the_fit(erase_yaml, tmp_path: Path):
+    (tmp_path / "run").write_text("not a folder")
+    assert_one_line_error(erase_yaml("method: uce\nconcepts: [dog]\n"), "is a file, not a folder")
+    assert (tmp_path / "run").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "not a readable safetensors file"),
+        (b"hello world, not tensors", "not a readable safetensors file"),
+        (b"\xff" * 64, "not a readable safetensors file"),
+    ],
+)
+def test_info_on_files_that_are_not_artifacts(tmp_path: Path, content: bytes, fragment: str):
+    path = tmp_path / "edit.safetensors"
+    path.write_bytes(content)
+    assert_one_line_error(invoke("info", path), fragment)
+
+
+def test_a_modified_artifact_is_shown_by_info_and_refused_elsewhere(artifact: Path, tmp_path: Path):
+    tensors = {}
+    from safetensors import safe_open
+
+    with safe_open(str(artifact), framework="pt") as handle:
+        header = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] * 1.001
+    tampered = tmp_path / "tampered.safetensors"
+    save_file(tensors, str(tampered), metadata=header)
+    shown = invoke("info", tampered)
+    assert shown.exit_code == 0 and "MODIFIED" in shown.output
+    assert_one_line_error(invoke("generate", "--edit", tampered, "-o", tmp_path / "g.png"), "modified after")
+    assert_one_line_error(invoke("export", "--edit", tampered, "-o", tmp_path / "x"), "modified after")
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "x").exists()
+    accepted = invoke("generate", "--edit", tampered, "-o", tmp_path / "g.png", "--allow-modified", "--steps", "1")
+    assert accepted.exit_code == 0, accepted.output
+    assert "was modified" in accepted.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe", b"[1, 2]", b'{"format": "other"}'])
+def test_report_and_compare_on_files_that_are_not_results(tmp_path: Path, content: bytes):
+    path = tmp_path / "results.json"
+    path.write_bytes(content)
+    assert_one_line_error(invoke("compare", path), "not an erasekit evaluation result")
+    assert_one_line_error(invoke("report", tmp_path), "not an erasekit evaluation result")
+
+
+@pytest.mark.parametrize("params", ["[1]", '"lamb"', "3", "{bad json"])
+def test_world_bench_params_must_be_a_json_object(params: str, tmp_path: Path):
+    result = invoke("world", "bench", "--task", "object", "--method", "uce", "--params", params, "--output", tmp_path)
+    assert_one_line_error(result, "--params")

@@ -23,6 +23,11 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__
+
+try:  # typer >= 0.26 vendors click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover (older typer uses click itself)
+    from click.exceptions import ClickException, UsageError
 from .concepts import RunConfig
 from .errors import ConfigError, ErasekitError, OutputExistsError
 from .io import atomic_file, check_output
@@ -55,12 +60,29 @@ class RootGroup(TyperGroup):
     """The top-level command: reports :class:`ErasekitError` as one line with exit code 2, says what an interrupt
     (Ctrl-C) left behind with exit code 130, mounts ``world`` lazily."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
         try:
-            return super().main(*args, **kwargs)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ErasekitError as exc:
             typer.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except UsageError as exc:  # a wrong option or value: one line too, with where to read more
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `erasekit` alone: the help, as usual
+                exc.show()
+                sys.exit(exc.exit_code)
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:

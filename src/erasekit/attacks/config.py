@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..eval.run import RunSettings
+from ..validation import Seed
 from . import closed_form, inversion, ringabell, token_search  # noqa: F401 (importing registers the attacks)
 from .base import ATTACKS, Attack, build_attack
 
@@ -47,7 +48,7 @@ class AttackConfig(RunSettings):
     roles: list[str] = field(default_factory=lambda: ["erase"])
     judge: str = "world"
     judge_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    seed: Seed = 0
 
     verb: ClassVar[str] = "attack"
 

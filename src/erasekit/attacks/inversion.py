@@ -25,7 +25,7 @@ import torch
 
 from ..eval.prompts import PromptRow
 from ..progress import progress_bar
-from ..validation import check_at_least
+from ..validation import Seed, check_at_least
 from .base import (
     Adversarial,
     Attack,
@@ -47,7 +47,7 @@ class InversionOptions:
     tokens: int = field(default=1, metadata={"help": "length of the learned word, in tokens"})
     references: int = field(default=8, metadata={"help": "unedited-model images of the concept to fit"})
     batch_size: int = field(default=4, metadata={"help": "images per step"})
-    reference_seed: int = field(default=100_000, metadata={"help": "seed of the first reference image"})
+    reference_seed: Seed = field(default=100_000, metadata={"help": "seed of the first reference image"})
 
     def __post_init__(self) -> None:
         check_at_least(self, "attacks.inversion", 1, ("steps", "tokens", "references", "batch_size"))

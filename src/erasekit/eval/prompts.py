@@ -27,6 +27,7 @@ from typing import Any
 from ..concepts import normalize
 from ..errors import ConfigError
 from ..registry import Registry
+from ..validation import MAX_SEED
 
 ROLES_WRITTEN = ("", "direct", "synonym", "indirect", "scene", "erase", "retain")
 
@@ -118,16 +119,22 @@ def parse_row(record: dict[str, str], set_name: str, index: int, defaults: dict[
     for name, value in (("width", width), ("height", height)):
         if value is not None and (value <= 0 or value % 8):
             raise ConfigError(f"{where}: {name} must be a positive multiple of 8, got {value}")
+    seed = _number(fields["seed"], int, "seed", where) or 0
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{where}: seed must be in 0..2**63-1, got {seed}")
+    steps = _number(fields["steps"], int, "steps", where)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"{where}: steps must be >= 1, got {steps}")
     role = fields["role"].lower()
     if role not in ROLES_WRITTEN:
         raise ConfigError(f"{where}: role must be one of {', '.join(r for r in ROLES_WRITTEN if r)}, got {role!r}")
     return PromptRow(
         prompt=prompt,
-        seed=_number(fields["seed"], int, "seed", where) or 0,
+        seed=seed,
         guidance=_number(fields["guidance"], float, "guidance", where),
         width=width,
         height=height,
-        steps=_number(fields["steps"], int, "steps", where),
+        steps=steps,
         concept=fields["concept"],
         role=role,
         family=fields["family"],

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..io import atomic_file
 from ..models.adapter import ModelAdapter
 from ..progress import progress_bar
-from ..validation import check_at_least
+from ..validation import Seed, check_at_least
 from .base import guide_for
 
 NoiseModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,7 +79,7 @@ class TrainingConfig:
         default=0.0, metadata={"help": "weight of ||eps_phi(p) - eps_0(p)||^2 on preserved prompts p (0 = off)"}
     )
     erase_synonyms: bool = field(default=False, metadata={"help": "also train on each concept's synonyms"})
-    seed: int = field(default=0, metadata={"help": "seed of every trajectory, timestep and prompt choice"})
+    seed: Seed = field(default=0, metadata={"help": "seed of every trajectory, timestep and prompt choice"})
     mixed_precision: Literal["auto", "no", "bf16"] = field(
         default="auto", metadata={"help": "bf16 autocast: 'auto' = on CUDA devices that support it, never on CPU"}
     )

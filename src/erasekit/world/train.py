@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..io import atomic_dir, atomic_file
 from ..models.build import assemble_pipeline
 from ..models.tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
+from ..validation import Seed
 from .generator import generate_mixed
 from .models import Architecture, build_text_encoder, build_unet, build_vae, train_scheduler
 
@@ -40,7 +41,7 @@ from .models import Architecture, build_text_encoder, build_unet, build_vae, tra
 class WorldTrainConfig:
     """Hyper-parameters of a world training run. Changing one of them in a run directory is refused."""
 
-    seed: int = field(default=0, metadata={"help": "seed of the data, the initial weights and every batch"})
+    seed: Seed = field(default=0, metadata={"help": "seed of the data, the initial weights and every batch"})
     n_images: int = field(default=200_000, metadata={"help": "training images drawn from the world"})
     vae_steps: int = field(default=1500, metadata={"help": "autoencoder optimisation steps"})
     vae_batch: int = field(default=32, metadata={"help": "autoencoder batch size"})

@@ -33,7 +33,7 @@ from ...models.adapter import ModelAdapter, tensors_fingerprint
 from ...progress import progress_bar
 from ...registry import Registry
 from ...sources import CAPTIONS, IMAGES, MASKS
-from ...validation import check_at_least
+from ...validation import Seed, check_at_least
 from ..base import Method, register_method, single_kind
 from .fusion import FusionAccumulator
 from .lora import ConceptLoRA, LoRASettings, concept_seed, model_images, train_concept_lora
@@ -131,7 +131,7 @@ class MACEConfig:
     mask_threshold: float = field(default=0.5, metadata={"help": "threshold of the normalised attention masks"})
     gsam_detector: str | None = field(default=None, metadata={"help": "local GroundingDINO folder (grounded_sam)"})
     gsam_segmenter: str | None = field(default=None, metadata={"help": "local SAM folder (grounded_sam)"})
-    seed: int = field(default=2024, metadata={"help": "seed of images, LoRA init, steps and noise (reference 2024)"})
+    seed: Seed = field(default=2024, metadata={"help": "seed of images, LoRA init, steps and noise (reference 2024)"})
     work_dir: str | None = field(
         default=None, metadata={"help": "folder caching each finished concept's LoRA, so an interrupted fit resumes"}
     )
