@@ -96,12 +96,14 @@ def test_save_load_apply_reproduces_the_images(fitted, tiny_path, tmp_path):
     assert loaded.config == edit.config and loaded.method == name
 
 
-def test_the_same_seed_gives_identical_tensors(fitted, tiny_path):
+def test_the_same_seed_gives_identical_tensors_and_artifact_bytes(fitted, tiny_path, tmp_path):
     name, _, _, _, edit = fitted
     again = fit(name, load_pipeline(tiny_path))
     for mine, theirs in ((edit.weights, again.weights), (edit.modules, again.modules), (edit.extras, again.extras)):
         assert mine.keys() == theirs.keys()
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    first, second = edit.save(tmp_path / "first.safetensors"), again.save(tmp_path / "second.safetensors")
+    assert first.read_bytes() == second.read_bytes()
 
 
 @pytest.mark.parametrize("name", NAMES)
