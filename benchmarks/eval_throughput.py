@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, opts in options.items():
         variant = Variant("uce", [rows[0].concept], roles, keys["uce"], cache, base=base, classifier=classifier)
-        metric = METRICS[name](opts)
+        metric = METRICS.get(name)(opts)
         _, seconds = timed(lambda m=metric, v=variant: m.compute(v))
         paired = name in ("fid", "kid", "lpips")
         results.append({"stage": f"metric {name}", "images": len(rows) * (2 if paired else 1), "seconds": seconds})

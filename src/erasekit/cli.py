@@ -222,9 +222,7 @@ def generate(
         str | None, typer.Option("--model", "-m", help="Base model. Default: the one recorded in the artifact.")
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Grid image (.png, .jpg, ...).")] = Path("grid.png"),
-    seed: Annotated[
-        int, typer.Option(min=0, max=MAX_SEED, help="Seed of every image, with and without the edit.")
-    ] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of every image, with and without the edit.")] = 0,
     sampling_steps: Annotated[int, typer.Option("--sampling-steps", "--steps", min=1, help="Denoising steps.")] = 30,
     guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 7.5,
     size: Annotated[

@@ -14,7 +14,7 @@ adding a file.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -83,6 +83,8 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.what} '{name}'{hint}; available: {', '.join(self.names()) or 'none'}")
         return self._entries[name]
 
+    __getitem__ = get
+
     def names(self) -> list[str]:
         """Every registered name, plugins and loader included, in registration order."""
         self._load()
@@ -92,12 +94,6 @@ class Registry(Generic[T]):
         if name not in self._entries and isinstance(name, str):
             self._load(name)
         return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self.names())
 
     def items(self) -> list[tuple[str, T]]:
         self._load()

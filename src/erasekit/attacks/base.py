@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..eval.prompts import PromptRow
 from ..models.adapter import ModelAdapter
+from ..registry import Registry
 from ..validation import from_dict, to_dict
 
 
@@ -115,22 +116,20 @@ class Attack(ABC):
         """One :class:`Adversarial` per row; all rows are prompts of the erased ``concept``."""
 
 
-ATTACKS: dict[str, type[Attack]] = {}
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    """Class decorator adding an attack to :data:`ATTACKS` under its ``name``."""
-    ATTACKS[cls.name] = cls
-    return cls
+ATTACKS: Registry[type[Attack]] = Registry("attack type")
+register = ATTACKS.register()
+"""Class decorator adding an attack to :data:`ATTACKS` under its ``name``."""
 
 
 def build_attack(label: str, options: dict[str, Any] | None) -> Attack:
     """The attack configured as ``label: {type: <attack>, ...options}`` (``type`` defaults to the label)."""
     options = dict(options or {})
     kind = options.pop("type", label)
-    if kind not in ATTACKS:
-        raise ConfigError(f"attacks.{label}: unknown attack type '{kind}'; available: {', '.join(ATTACKS)}")
-    return ATTACKS[kind](options, label=label)
+    try:
+        attack = ATTACKS.get(kind)
+    except ConfigError as exc:
+        raise ConfigError(f"attacks.{label}: {exc}") from None
+    return attack(options, label=label)
 
 
 def seeded(*parts: Any) -> torch.Generator:

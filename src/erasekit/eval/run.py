@@ -228,13 +228,13 @@ class EvalConfig(RunSettings):
         super().__post_init__()
         for name in self.metrics:
             if name not in METRICS:
-                raise ConfigError(f"metrics: unknown metric '{name}'; available: {', '.join(METRICS)}")
+                raise ConfigError(f"metrics: unknown metric '{name}'; available: {', '.join(METRICS.names())}")
         for name in self.metric_options:
             if name not in self.metrics:
                 raise ConfigError(f"metric_options.{name}: '{name}' is not in metrics")
 
     def build_metrics(self) -> list[Metric]:
-        return [METRICS[name](self.metric_options.get(name)) for name in self.metrics]
+        return [METRICS.get(name)(self.metric_options.get(name)) for name in self.metrics]
 
 
 def evaluate(

@@ -98,13 +98,9 @@ class Metric(ABC):
         """The metric's numbers for ``variant``; a ``per_row`` list (one entry per row) goes to ``rows.jsonl``."""
 
 
-METRICS: dict[str, type[Metric]] = {}
-
-
-def register(cls: type[Metric]) -> type[Metric]:
-    """Class decorator adding a metric to :data:`METRICS` under its ``name``."""
-    METRICS[cls.name] = cls
-    return cls
+METRICS: Registry[type[Metric]] = Registry("metric")
+register = METRICS.register()
+"""Class decorator adding a metric to :data:`METRICS` under its ``name``."""
 
 
 def require(module: str, extra: str = "eval") -> Any:
