@@ -174,7 +174,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the artifact's metadata as JSON.")] = False,
 ) -> None:
     """Show what an edit changes, on which base model, with which settings."""
-    from .edits import INTEGRITY, MODIFIED, Edit
+    from .edits import FAMILY_NAMES, INTEGRITY, MODIFIED, Edit
 
     edit = Edit.load(artifact, verify=False)  # showing what a file holds is how one decides whether to trust it
     if as_json:
@@ -188,6 +188,7 @@ def info(
     verdict = escape(INTEGRITY[edit.integrity])
     table.add_row("integrity", f"[bold red]{verdict}[/]" if edit.integrity == MODIFIED else verdict)
     table.add_row("method", edit.method)
+    table.add_row("model family", FAMILY_NAMES.get(edit.info.get("family", ""), "(not recorded)"))
     table.add_row("base model", escape(str(edit.info.get("model", "(not recorded)"))))
     table.add_row("base fingerprint", edit.base_fingerprint)
     table.add_row("erasekit version", edit.version)
@@ -198,7 +199,7 @@ def info(
     table.add_row("preserve", escape(", ".join(edit.concepts.get("preserve", [])) or "-"))
     for name, tensor in edit.extras.items():
         table.add_row(f"extras/{name}", f"{tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}")
-    for key, value in _flatten({k: v for k, v in edit.info.items() if k != "model"}):
+    for key, value in _flatten({k: v for k, v in edit.info.items() if k not in ("model", "family")}):
         table.add_row(f"fit.{key}", escape(json.dumps(value)))
     console.print(table)
 

@@ -55,6 +55,7 @@ EXTRAS_PREFIX = "extras/"
 MODULES_PREFIX = "modules/"
 
 MODULE_GROUP = "erasekit.modules"
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 Detach = Callable[[], None]
 Attach = Callable[[Any, dict[str, torch.Tensor], dict[str, Any]], Detach]
@@ -137,6 +138,7 @@ class Edit:
         originals = model.unet_parameters(list(weights))
         fingerprint = tensors_fingerprint(originals)
         weights = {n: w.detach().to(originals[n].dtype).cpu().contiguous() for n, w in weights.items()}
+        kwargs["info"] = {**kwargs.get("info", {}), "family": model.family}
         return cls(method, config, concepts, weights, fingerprint, **kwargs)
 
     @classmethod
@@ -164,6 +166,7 @@ class Edit:
         info = {
             **kwargs.pop("info", {}),
             "base_dtype": str(next(iter(originals.values())).dtype).removeprefix("torch."),
+            "family": model.family,
         }
         tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
         weights = {n: w.detach().to(originals[n].dtype).cpu().contiguous() for n, w in weights.items()}
@@ -243,6 +246,12 @@ class Edit:
             raise ArtifactError("this edit is already applied to this pipeline")
         attach = _attach_function(self.module_kind) if self.module_kind is not None else None
         model = ModelAdapter(pipe)
+        family = self.info.get("family")
+        if family is not None and family != model.family:
+            raise BaseModelMismatchError(
+                f"this edit was fitted on an {FAMILY_NAMES.get(family, family)} model and the pipeline is "
+                f"{FAMILY_NAMES.get(model.family, model.family)}: an edit applies only to the model it was fitted on"
+            )
         params = model.unet_parameters(sorted(set(self.weights) | set(self.base_names)))
         for name in self.weights:
             param = params[name]

@@ -1,11 +1,13 @@
 """What every method needs to know about a model, in one place.
 
 The adapter finds the cross-attention layers of a Stable Diffusion UNet (``attn2``: to_k, to_v, to_out), encodes
-prompts exactly as the pipeline does (CLIP ``last_hidden_state`` at 77 positions, no attention mask for SD1.x/2.x), and
-locates a phrase's tokens inside a prompt. Methods never hard-code module names; they ask the adapter.
+prompts exactly as the pipeline does, locates a phrase's tokens inside a prompt, and makes the UNet calls a method
+needs (:meth:`ModelAdapter.denoise`, with whatever extra conditioning the family takes). Methods never hard-code module
+names, encoders or UNet arguments; they ask the adapter.
 
-Supported layouts: SD1.x (CLIP ViT-L/14 text encoder, padding with EOS) and SD2.x (OpenCLIP ViT-H, padding with "!").
-SDXL (two text encoders) is refused with a clear message until its adapter exists.
+One adapter per family: :class:`ModelAdapter` itself serves SD1.x (CLIP ViT-L/14, ``last_hidden_state`` at 77
+positions, padding with EOS) and SD2.x (OpenCLIP ViT-H, padding with "!", often v-prediction);
+``ModelAdapter(pipe)`` returns :class:`~erasekit.models.sdxl.SDXLAdapter` for an SDXL pipeline (two text encoders).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +54,33 @@ class CrossAttentionLayer:
         return f"{self.name}.to_v.weight"
 
 
+@dataclass
+class Conditioning:
+    """What the text gives a UNet call: ``hidden`` ``[n, L, d]`` (the rows cross-attention K/V read) and, for families
+    that take it (SDXL), the ``pooled`` embedding ``[n, p]``."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, index: int | slice | torch.Tensor | list[int]) -> Conditioning:
+        index = [index] if isinstance(index, int) else index
+        return Conditioning(self.hidden[index], None if self.pooled is None else self.pooled[index])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
+        move = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
+        return Conditioning(move(self.hidden), move(self.pooled))
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        pooled = [p.pooled for p in parts]
+        return Conditioning(
+            torch.cat([p.hidden for p in parts]), None if any(x is None for x in pooled) else torch.cat(pooled)
+        )
+
+
 @dataclass(frozen=True)
 class TokenPositions:
     """Positions in the padded token sequence: the phrase's tokens, the EOS token, and the padding after it."""
@@ -67,28 +97,35 @@ class ModelAdapter:
     cross-attention weights are not finite.
     """
 
-    def __init__(self, pipe) -> None:
+    family_name = "sd"
+
+    def __new__(cls, pipe: Any) -> ModelAdapter:
+        if cls is ModelAdapter and (
+            getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
+        ):
+            from .sdxl import SDXLAdapter
+
+            return super().__new__(SDXLAdapter)
+        return super().__new__(cls)
+
+    def __init__(self, pipe: Any) -> None:
         for part in ("unet", "text_encoder", "tokenizer"):
             if getattr(pipe, part, None) is None:
                 raise ModelLayoutError(
                     f"pipeline {type(pipe).__name__} has no '{part}': erasekit edits Stable Diffusion-style pipelines "
                     "(a UNet with cross-attention, a CLIP text encoder and its tokenizer)"
                 )
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            raise ModelLayoutError(
-                f"pipeline {type(pipe).__name__} has two text encoders (SDXL layout); "
-                "erasekit does not support SDXL yet"
-            )
         self.pipe = pipe
         self.unet = pipe.unet
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
+        self.text_encoders: list[nn.Module] = [pipe.text_encoder]
         self.layers = self._find_cross_attention()
         self.check_finite()
 
     # ----------------------------------------------------------------- layout
     def _find_cross_attention(self) -> list[CrossAttentionLayer]:
-        hidden = self.text_encoder.config.hidden_size
+        hidden = self.embedding_dim
         layers = []
         for name, module in self.unet.named_modules():
             if not name.endswith("attn2"):
@@ -98,8 +135,8 @@ class ModelAdapter:
                 continue
             if to_k.in_features != hidden or to_v.in_features != hidden:
                 raise ModelLayoutError(
-                    f"cross-attention layer '{name}' expects {to_k.in_features}-d context but the text encoder "
-                    f"produces {hidden}-d embeddings; the UNet and text encoder do not belong together"
+                    f"cross-attention layer '{name}' expects {to_k.in_features}-d context but the text encoder(s) "
+                    f"produce {hidden}-d embeddings; the UNet and text encoder(s) do not belong together"
                 )
             layers.append(CrossAttentionLayer(name, module))
         if not layers:
@@ -122,6 +159,11 @@ class ModelAdapter:
     def family(self) -> str:
         """``sd1`` when padding repeats EOS (SD1.x), ``sd2`` when it uses a separate pad token (SD2.x)."""
         return "sd1" if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id else "sd2"
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: ``epsilon`` (SD1.x, SD2 base, SDXL) or ``v_prediction`` (SD2.0/2.1 at 768 px)."""
+        return self.pipe.scheduler.config.get("prediction_type", "epsilon")
 
     @property
     def device(self) -> torch.device:
@@ -176,7 +218,7 @@ class ModelAdapter:
         Training needs float32 master weights: float16 overflows to NaN and bfloat16 rounds small updates away.
         Half -> float32 -> half is lossless, so the pipeline leaves the block bit for bit as it entered.
         """
-        networks = [getattr(self.pipe, part, None) for part in ("unet", "text_encoder", "vae")]
+        networks = [getattr(self.pipe, part, None) for part in ("unet", "text_encoder", "text_encoder_2", "vae")]
         half = [(n, n.dtype) for n in networks if n is not None and n.dtype in (torch.float16, torch.bfloat16)]
         for network, _ in half:
             network.float()
@@ -252,35 +294,58 @@ class ModelAdapter:
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], positions: int | None = None, batch_size: int = 32) -> torch.Tensor:
-        """Per-token text embeddings ``[len(texts), positions or 77, d]`` in float32, on the CPU.
+        """Per-token text embeddings ``[len(texts), positions or 77, d]`` in float32, on the CPU: the rows every
+        cross-attention K/V projection reads.
 
         ``positions`` < 77 encodes only the first positions: CLIP's encoder is causal, so those rows are the same as in
         a full encoding (to float noise) at a fraction of the cost. Use it only when no EOS/padding row is needed.
         A text listed several times (e.g. one guide shared by many concepts) goes through the encoder once: encoding
         is what a closed-form edit spends most of its time on (benchmarks/README.md, closed forms).
         """
+        return self._encode(texts, positions, batch_size).hidden
+
+    @torch.no_grad()
+    def conditioning(self, texts: Sequence[str], batch_size: int = 32) -> Conditioning:
+        """Everything a UNet call needs from ``texts`` (float32, CPU): :meth:`encode`'s rows and the family's extras."""
+        return self._encode(texts, None, batch_size)
+
+    def _encode(self, texts: Sequence[str], positions: int | None, batch_size: int) -> Conditioning:
         if not texts:
-            return torch.zeros(0, positions or self.max_length, self.embedding_dim)
+            return Conditioning(torch.zeros(0, positions or self.max_length, self.embedding_dim))
         unique = list(dict.fromkeys(texts))
-        ids = self.tokenize(unique)
-        if positions is not None:
-            ids = ids[:, :positions]
-        use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
-        device = self.text_encoder.device
-        out = []
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size].to(device)
-            mask = (chunk != self.tokenizer.pad_token_id).long() if use_mask else None
-            out.append(self.text_encoder(chunk, attention_mask=mask)[0].float().cpu())
-        encoded = torch.cat(out)
+        parts = [
+            self._encode_texts(unique[start : start + batch_size], positions)
+            for start in range(0, len(unique), batch_size)
+        ]
+        encoded = Conditioning.cat(parts)
         if len(unique) == len(texts):
             return encoded
         row = {text: i for i, text in enumerate(unique)}
         return encoded[[row[text] for text in texts]]
 
+    def _encode_texts(self, texts: list[str], positions: int | None) -> Conditioning:
+        """One batch through the text encoder, as the SD1.x/2.x pipeline does (``last_hidden_state``; SD2's converted
+        encoders end one layer early, so that is its penultimate layer)."""
+        ids = self.tokenize(texts)[:, :positions].to(self.text_encoder.device)
+        use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        mask = (ids != self.tokenizer.pad_token_id).long() if use_mask else None
+        return Conditioning(self.text_encoder(ids, attention_mask=mask)[0].float().cpu())
+
+    def unet_kwargs(self, cond: Conditioning, latents: torch.Tensor) -> dict[str, Any]:
+        """The keyword arguments of ``unet(latents, t, **kwargs)`` for this family."""
+        return {"encoder_hidden_states": cond.hidden.to(latents.device, latents.dtype)}
+
+    def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The UNet's prediction for ``latents`` at timestep ``t`` under ``cond`` (every UNet call a method makes)."""
+        return self.unet(latents, t, **self.unet_kwargs(cond, latents)).sample
+
     def fingerprint(self) -> str:
-        """sha256 of the text encoder's weights: a cache key for text embeddings of this model."""
-        return tensors_fingerprint(self.text_encoder.state_dict())
+        """sha256 of the text encoders' weights: a cache key for text embeddings of this model."""
+        return tensors_fingerprint(
+            {f"{i}.{k}": v for i, te in enumerate(self.text_encoders) for k, v in te.state_dict().items()}
+            if len(self.text_encoders) > 1
+            else self.text_encoder.state_dict()
+        )
 
 
 def _copy_into(params: Mapping[str, nn.Parameter], weights: Mapping[str, torch.Tensor]) -> None:

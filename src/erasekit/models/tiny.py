@@ -1,8 +1,11 @@
 """``erasekit:tiny``: tiny, offline Stable Diffusion pipelines for tests, examples and first use.
 
-The pipeline has the SD1.x layout (cross-attention in down, mid and up blocks; a causal CLIP text encoder; CLIP's real
-tokenizer) at a size that runs in milliseconds on a CPU. Weights are random but deterministic for a seed
-(``erasekit:tiny-<seed>``, default 0), so edits and images are reproducible.
+``erasekit:tiny`` has the SD1.x layout (cross-attention in down, mid and up blocks; a causal CLIP text encoder; CLIP's
+real tokenizer), ``erasekit:tiny-sd2`` SD2.x's (OpenCLIP's "!" padding, v-prediction, linear projections) and
+``erasekit:tiny-xl`` SDXL's (two text encoders, penultimate layers concatenated, pooled and size conditioning, no
+attention in the first level), each at a size that runs in milliseconds on a CPU. Weights are random but
+deterministic for a seed (``erasekit:tiny-<seed>``, ``erasekit:tiny-xl-<seed>``, default 0), so edits and images are
+reproducible.
 """
 
 from __future__ import annotations
@@ -10,21 +13,37 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from ..errors import ModelLayoutError
 from ..io import atomic_dir
-from .build import assemble_pipeline, clip_text_encoder
+from .build import assemble_pipeline, assemble_sdxl_pipeline, clip_text_encoder
 from .loading import MODELS, cache_dir
 
 TINY_HIDDEN = 32
 
 
-def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """Build (in memory) a tiny SD1.x-layout pipeline with random weights fixed by ``seed``."""
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, family: str = "sd1") -> DiffusionPipeline:
+    """Build (in memory) a tiny pipeline of ``family`` (``sd1``, ``sd2`` or ``xl``) with random weights fixed by
+    ``seed``."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
+        if family == "xl":
+            return _tiny_sdxl()
         unet = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
@@ -36,24 +55,44 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             cross_attention_dim=TINY_HIDDEN,
             attention_head_dim=8,
             norm_num_groups=8,
+            use_linear_projection=family == "sd2",
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(16, 32),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=16,
-        )
+        vae = _tiny_vae()
         text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=2, num_heads=4, intermediate_size=64)
     finally:
         torch.random.set_rng_state(gen_state)
-    return assemble_pipeline(vae, unet, text_encoder)
+    return assemble_pipeline(vae, unet, text_encoder, "v_prediction" if family == "sd2" else "epsilon")
 
 
-def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
+def _tiny_sdxl() -> DiffusionPipeline:
+    """SDXL's layout in miniature: 32 + 32-d encoders (3 layers, so the penultimate differs from the last), a UNet
+    whose first level has no attention and whose second has two transformer layers, pooled + six size ids."""
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=2 * TINY_HIDDEN,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + TINY_HIDDEN,
+        norm_num_groups=8,
+    )
+    vae = _tiny_vae()
+    text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=3, num_heads=4, intermediate_size=64)
+    text_encoder_2 = clip_text_encoder(TINY_HIDDEN, num_layers=3, num_heads=4, intermediate_size=64,
+                                       projection_dim=TINY_HIDDEN)  # fmt: skip
+    return assemble_sdxl_pipeline(vae, unet, text_encoder, text_encoder_2)
+
+
+def tiny_pipeline(path: str | Path, seed: int = 0, family: str = "sd1") -> Path:
     """Save a tiny pipeline (safetensors) to ``path`` unless one is already there; return the path.
 
     Written atomically, so a crash never leaves a half-saved model behind.
@@ -62,14 +101,26 @@ def tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
     if (path / "model_index.json").exists():
         return path
     with atomic_dir(path) as tmp:
-        build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
+        build_tiny_pipeline(seed, family).save_pretrained(tmp, safe_serialization=True)
     return path
+
+
+def tiny_variant(variant: str | None) -> tuple[str, int]:
+    """``(family, seed)`` of ``erasekit:tiny-<variant>``: ``<seed>``, ``sd2[-<seed>]`` or ``xl[-<seed>]``."""
+    parts = variant.split("-") if variant else []
+    family = parts.pop(0) if parts and parts[0] in ("sd2", "xl") else "sd1"
+    if len(parts) > 1 or (parts and not parts[0].isdigit()):
+        raise ModelLayoutError(
+            f"erasekit:tiny-{variant}: expected erasekit:tiny-<seed>, erasekit:tiny-sd2[-<seed>] or "
+            "erasekit:tiny-xl[-<seed>] (a seed is a non-negative integer)"
+        )
+    return family, int(parts[0]) if parts else 0
 
 
 @MODELS.register("tiny")
 def tiny_model(variant: str | None) -> Path:
-    """``erasekit:tiny`` or ``erasekit:tiny-<seed>``: built on first use, cached under :func:`cache_dir`."""
-    if variant is not None and not variant.isdigit():
-        raise ModelLayoutError(f"erasekit:tiny-{variant}: the part after 'tiny-' is a seed, a non-negative integer")
-    seed = int(variant) if variant is not None else 0
-    return tiny_pipeline(cache_dir() / f"tiny-{seed}", seed=seed)
+    """``erasekit:tiny[-<seed>]``, ``erasekit:tiny-sd2[-<seed>]``, ``erasekit:tiny-xl[-<seed>]``: built on first use,
+    cached under :func:`cache_dir`."""
+    family, seed = tiny_variant(variant)
+    name = f"tiny-{seed}" if family == "sd1" else f"tiny-{family}-{seed}"
+    return tiny_pipeline(cache_dir() / name, seed=seed, family=family)

@@ -52,7 +52,10 @@ def _vocab_files() -> tuple[str, str]:
     return str(folder / "vocab.json"), str(folder / "merges.txt")
 
 
-def clip_tokenizer() -> CLIPTokenizer:
-    """The SD1.x tokenizer (pads with EOS, id 49407, to 77 positions), built without any download."""
+def clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """The SD1.x tokenizer (pads with EOS, id 49407, to 77 positions), built without any download.
+
+    ``pad_token="!"`` gives OpenCLIP's padding (id 0), as SD2.x's tokenizer and SDXL's second tokenizer pad.
+    """
     vocab, merges = _vocab_files()
-    return CLIPTokenizer(vocab, merges, model_max_length=MODEL_MAX_LENGTH, pad_token="<|endoftext|>")
+    return CLIPTokenizer(vocab, merges, model_max_length=MODEL_MAX_LENGTH, pad_token=pad_token)
