@@ -331,6 +331,18 @@ class ModelAdapter:
         mask = (ids != self.tokenizer.pad_token_id).long() if use_mask else None
         return Conditioning(self.text_encoder(ids, attention_mask=mask)[0].float().cpu())
 
+    @property
+    def encoders(self) -> list[tuple[Any, nn.Module]]:
+        """``(tokenizer, text encoder)`` pairs whose outputs are concatenated into the rows K/V read, in order."""
+        return [(self.tokenizer, self.text_encoder)]
+
+    def noise_target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet should predict for ``clean`` latents noised with ``noise`` at ``t``: the noise itself, or
+        the velocity for a v-prediction model (SD2.0/2.1 768 px): training losses must follow the model's kind."""
+        if self.prediction_type == "v_prediction":
+            return self.pipe.scheduler.get_velocity(clean, noise, t.to(clean.device))
+        return noise
+
     def unet_kwargs(self, cond: Conditioning, latents: torch.Tensor) -> dict[str, Any]:
         """The keyword arguments of ``unet(latents, t, **kwargs)`` for this family."""
         return {"encoder_hidden_states": cond.hidden.to(latents.device, latents.dtype)}

@@ -66,11 +66,15 @@ class SDXLAdapter(ModelAdapter):
     def family(self) -> str:
         return "sdxl"
 
+    @property
+    def encoders(self) -> list[tuple[Any, Any]]:
+        return [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
+
     def _encode_texts(self, texts: list[str], positions: int | None) -> Conditioning:
         """Both encoders' penultimate layers, concatenated; the pooled embedding only for whole sequences (it is read
         at the EOS token, which a truncated encoding may not reach)."""
         halves, pooled = [], None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+        for tokenizer, encoder in self.encoders:
             ids = self._ids(tokenizer, texts)[:, :positions].to(encoder.device)
             out = encoder(ids, output_hidden_states=True)
             halves.append(out.hidden_states[-2].float().cpu())
