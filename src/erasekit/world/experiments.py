@@ -29,10 +29,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import atomic_file
-from .spec import CHARACTERS, EXPLICIT_CONCEPT, N_ERASABLE_CHARACTERS, OBJECTS, STYLES
+from .spec import ERASABLE_CHARACTERS as ERASABLE
+from .spec import EXPLICIT_CONCEPT, OBJECTS, STYLES
+from .spec import RETAINED_CHARACTERS as RETAINED
 
-ERASABLE = [c.name for c in CHARACTERS[:N_ERASABLE_CHARACTERS]]
-RETAINED = [c.name for c in CHARACTERS[N_ERASABLE_CHARACTERS:]]
 OBJECT_NAMES = [o.name for o in OBJECTS]
 SCENE_TARGETS = ("church", "house", "cup")  # the three objects that appear most often in the scene prompts
 PRESERVE_POLICIES = ("none", "neighbours")
