@@ -49,7 +49,7 @@ def test_neighbours_exclude_the_erased_concepts_and_none_preserves_nothing():
     task = get_task("characters-10")
     erased = task.edits[0]
     kept = _preserve(task, erased, "neighbours")
-    assert kept == ERASABLE[10:] and not set(kept) & set(RETAINED)
+    assert kept == list(ERASABLE[10:]) and not set(kept) & set(RETAINED)
     assert _preserve(task, erased, "none") == []
     with pytest.raises(ConfigError, match="preserve"):
         _preserve(task, erased, "all")
