@@ -1,5 +1,6 @@
 """Red-teaming attacks: the closed form solves its normal equations, attacks are deterministic for a seed and never
-exceed their budgets, and ``erasekit attack`` writes results that ``erasekit report`` renders."""
+exceed their budgets, every attack runs on SD1.x, SD2.x (v-prediction) and SDXL (two encoders, pooled embedding), and
+``erasekit attack`` writes results that ``erasekit report`` renders."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from erasekit import erase
 from erasekit.attacks import Adversarial, AttackConfig, Target, build_attack, run_attacks
-from erasekit.attacks.base import Budget, encode_ids, splice_ids
+from erasekit.attacks.base import Budget, embedding_tables, encode_ids, noisy_batch, seeded, splice_ids
 from erasekit.attacks.closed_form import NotApplicableError, adversarial_map, effective_kv
 from erasekit.attacks.ringabell import concept_vector, read_pairs, remove_concept
 from erasekit.attacks.token_search import query_schedule
@@ -108,7 +109,7 @@ def test_closed_form_restores_the_unedited_keys_and_values_on_a_uce_edit(tiny_pi
     (adv,) = build_attack("closed_form", {"lambda_reg": 1e-6}).run(target, ROWS[:1], "dog")
     c = model.encode([ROWS[0].prompt])[0]
     for name, w in model.kv_weights().items():
-        wanted, plain, attacked = c @ original[name].T, c @ w.detach().T, adv.embeds @ w.detach().T
+        wanted, plain, attacked = c @ original[name].T, c @ w.detach().T, adv.embeds.hidden[0] @ w.detach().T
         assert (attacked - wanted).norm() < 1e-3 * (plain - wanted).norm()
     assert adv.info["kv_edited"] is True
     edit.remove(tiny_pipe)
@@ -117,21 +118,22 @@ def test_closed_form_restores_the_unedited_keys_and_values_on_a_uce_edit(tiny_pi
 def test_spliced_prompts_encode_exactly_as_the_pipeline_does(tiny_model):
     prompt = "a photo of a dog in the snow"
     original = tiny_model.tokenize([prompt])[0].tolist()
-    ids, slots = splice_ids(tiny_model, prompt, "dog", 1)
+    spliced, slots = splice_ids(tiny_model, prompt, "dog", 1)
+    ids = spliced[0].tolist()
     assert slots == [5] and ids[5] == tiny_model.tokenizer.eos_token_id  # the slot does not carry the concept's id
     assert ids[:5] + ids[6:] == original[:5] + original[6:]
-    plain = encode_ids(tiny_model, torch.tensor([original]))
+    plain = encode_ids(tiny_model, torch.tensor([[original]])).hidden
     assert torch.allclose(plain[0], tiny_model.encode([prompt])[0], atol=1e-6)
     table = tiny_model.text_encoder.get_input_embeddings().weight.detach()
-    same = encode_ids(tiny_model, torch.tensor([ids]), [slots], table[original[5]][None, None])
+    same = encode_ids(tiny_model, spliced[None], [slots], [table[original[5]][None, None]]).hidden
     assert torch.equal(same, plain)  # the concept's own embedding in the slot gives the prompt's encoding back
     prefixed, prefix_slots = splice_ids(tiny_model, prompt, None, 3)
-    assert prefix_slots == [1, 2, 3] and prefixed[4:12] == original[1:9]
+    assert prefix_slots == [1, 2, 3] and prefixed[0, 4:12].tolist() == original[1:9]
 
 
 def test_generation_from_embeddings_matches_generation_from_the_prompt(tiny_pipe):
     spec = ImageSpec("a photo of a dog", 3, 5.0, 16, 16, 2)
-    embeds = {"tag": ModelAdapter(tiny_pipe).encode([spec.prompt])[0]}
+    embeds = {"tag": ModelAdapter(tiny_pipe).conditioning([spec.prompt])}
     from_text = sample_batch(tiny_pipe, [spec])[0]
     from_embeds = sample_batch(tiny_pipe, [ImageSpec("tag", 3, 5.0, 16, 16, 2)], embeds=embeds)[0]
     assert from_text.tobytes() == from_embeds.tobytes()
@@ -144,7 +146,7 @@ def test_ringabell_adds_eta_times_the_mean_pair_difference(tiny_model):
     target = Target(None, tiny_model, {}, reference_latents=None, query=None)
     advs = build_attack("ringabell", {"eta": 2.0}).run(target, ROWS, "dog")
     vector = concept_vector(tiny_model, [("a photo of a dog", "a photo of a")])
-    assert torch.allclose(advs[0].embeds, tiny_model.encode([ROWS[0].prompt])[0] + 2.0 * vector, atol=1e-6)
+    assert torch.allclose(advs[0].embeds.hidden[0], tiny_model.encode([ROWS[0].prompt])[0] + 2.0 * vector, atol=1e-6)
     assert advs[0].steps == advs[0].queries == 0
 
 
@@ -183,8 +185,8 @@ def test_gradient_attacks_are_deterministic_for_a_seed_and_respect_their_budget(
     first, queries = run(0)
     again, _ = run(0)
     other, _ = run(1)
-    assert all(torch.equal(a.embeds, b.embeds) for a, b in zip(first, again, strict=True))
-    assert any(not torch.equal(a.embeds, b.embeds) for a, b in zip(first, other, strict=True))
+    assert all(torch.equal(a.embeds.hidden, b.embeds.hidden) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a.embeds.hidden, b.embeds.hidden) for a, b in zip(first, other, strict=True))
     assert all(a.steps == options["steps"] for a in first)  # the judge never says yes: the whole budget is spent
     assert all(a.queries == options.get("queries", 0) for a in first)
     assert queries == len(rows) * options.get("queries", 0)
@@ -324,3 +326,149 @@ def test_nudenet_judge_uses_the_pinned_metric_protocol(tmp_path):
     assert protocol["threshold"] == 0.45 and protocol["nudenet_version"] and protocol["model_sha256"]
     with pytest.raises(ConfigError, match="only the nudenet judge"):
         build_judge("world", {"threshold": 0.5})
+
+
+# ------------------------------------------------------------------------------------------------ SDXL and SD2.x
+@pytest.fixture(scope="module", params=["xl", "sd2"])
+def family_path(request, tmp_path_factory) -> Path:
+    """Tiny SDXL (two encoders, pooled + size conditioning) and SD2.x (v-prediction, "!" padding) pipelines."""
+    from erasekit.models.tiny import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("models") / f"tiny-{request.param}", family=request.param)
+
+
+@pytest.fixture
+def family_pipe(family_path):
+    from erasekit.models import load_pipeline
+
+    return load_pipeline(family_path)
+
+
+def test_spliced_ids_encode_every_family_exactly_as_the_pipeline_does(family_pipe):
+    model = ModelAdapter(family_pipe)
+    prompt = "a photo of a dog in the snow"
+    ids, slots = splice_ids(model, prompt, "dog", 1)
+    assert ids.shape == (len(model.encoders), 77) and slots == [5]
+    for row, (tokenizer, _) in zip(ids, model.encoders, strict=True):
+        original = tokenizer(prompt, padding="max_length", max_length=77).input_ids  # each encoder's own padding
+        assert row[5] == tokenizer.pad_token_id and row[:5].tolist() + row[6:].tolist() == original[:5] + original[6:]
+    dog = model.word_tokens("dog")[0]
+    spliced = encode_ids(model, ids[None], [slots], [table[dog][None, None] for table in embedding_tables(model)])
+    plain = model.conditioning([prompt])
+    assert torch.allclose(spliced.hidden, plain.hidden, atol=1e-6)
+    if model.family == "sdxl":  # the pooled embedding is read at the real EOS, not at the slot
+        assert spliced.pooled is not None and torch.allclose(spliced.pooled, plain.pooled, atol=1e-6)
+    else:
+        assert spliced.pooled is None and plain.pooled is None
+
+
+def test_generation_from_a_prompts_conditioning_is_the_prompts_image_in_every_family(family_pipe):
+    spec = ImageSpec("a photo of a dog", 3, 5.0, 16, 16, 2)
+    embeds = {"tag": ModelAdapter(family_pipe).conditioning([spec.prompt])}
+    from_text = sample_batch(family_pipe, [spec])[0]
+    from_embeds = sample_batch(family_pipe, [ImageSpec("tag", 3, 5.0, 16, 16, 2)], embeds=embeds)[0]
+    assert from_text.tobytes() == from_embeds.tobytes()
+
+
+def test_denoising_targets_follow_the_prediction_type(family_pipe):
+    model = ModelAdapter(family_pipe)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noisy, timesteps, wanted = noisy_batch(model, latents, 1, seeded(0))
+    again = seeded(0)
+    t, noise = torch.randint(0, 1000, (2,), generator=again), torch.randn(latents.shape, generator=again)
+    assert torch.equal(timesteps, t) and torch.equal(noisy, family_pipe.scheduler.add_noise(latents, noise, t))
+    if model.prediction_type == "v_prediction":  # SD2.0/2.1 768 px
+        assert torch.equal(wanted, family_pipe.scheduler.get_velocity(latents, noise, t))
+    else:
+        assert torch.equal(wanted, noise)
+
+
+def test_closed_form_restores_keys_and_values_and_keeps_the_pooled_embedding_in_every_family(family_pipe):
+    model = ModelAdapter(family_pipe)
+    original = {n: w.detach().clone() for n, w in model.kv_weights().items()}
+    edit = erase(family_pipe, [{"text": "dog", "kind": "object"}], method="uce")
+    edit.apply(family_pipe)
+    target = Target(family_pipe, model, original, reference_latents=None, query=None)
+    (adv,) = build_attack("closed_form", {"lambda_reg": 1e-6}).run(target, ROWS[:1], "dog")
+    plain = model.conditioning([ROWS[0].prompt])
+    for name, w in model.kv_weights().items():
+        wanted = plain.hidden[0] @ original[name].T
+        plain_kv, attacked = plain.hidden[0] @ w.detach().T, adv.embeds.hidden[0] @ w.detach().T
+        assert (attacked - wanted).norm() < 1e-3 * (plain_kv - wanted).norm()
+    assert (adv.embeds.pooled is None) == (model.family != "sdxl")
+    if adv.embeds.pooled is not None:
+        assert torch.equal(adv.embeds.pooled, plain.pooled)
+    edit.remove(family_pipe)
+
+
+def test_ringabell_shifts_the_rows_and_keeps_the_prompts_pooled_embedding_in_every_family(family_pipe):
+    model = ModelAdapter(family_pipe)
+    target = Target(family_pipe, model, {}, reference_latents=None, query=None)
+    (adv, _) = build_attack("ringabell", {"eta": 2.0}).run(target, ROWS, "dog")
+    plain = model.conditioning([ROWS[0].prompt])
+    vector = concept_vector(model, [("a photo of a dog", "a photo of a")])
+    assert torch.allclose(adv.embeds.hidden, plain.hidden + 2.0 * vector, atol=1e-6)
+    assert (adv.embeds.pooled is None and plain.pooled is None) or torch.equal(adv.embeds.pooled, plain.pooled)
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("inversion", {"steps": 2, "references": 2, "batch_size": 2}),
+        ("token_search", {"steps": 2, "queries": 1, "candidates": 2, "top_k": 4, "prefix": 2, "timesteps": 1}),
+    ],
+)
+def test_gradient_attacks_run_on_every_family_deterministic_for_a_seed(family_pipe, kind, options):
+    def run(seed: int) -> list[Adversarial]:
+        return build_attack(kind, options).run(FakeTarget(family_pipe, seed).target, ROWS[:1], "dog")
+
+    first, again, other = run(0), run(0), run(1)
+    model = ModelAdapter(family_pipe)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a.embeds.hidden, b.embeds.hidden) and a.steps == options["steps"]
+        assert a.embeds.hidden.shape == (1, 77, model.embedding_dim)
+        if model.family == "sdxl":
+            assert a.embeds.pooled.shape == (1, model.pooled_dim) and torch.equal(a.embeds.pooled, b.embeds.pooled)
+    assert any(not torch.equal(a.embeds.hidden, b.embeds.hidden) for a, b in zip(first, other, strict=True))
+    assert all(not p.requires_grad or p.grad is None for p in family_pipe.unet.parameters())
+
+
+def test_inversion_learns_a_vector_per_embedding_table_and_lowers_the_loss(family_pipe):
+    attack = build_attack("inversion", {"steps": 15, "lr": 0.05, "references": 2, "batch_size": 2})
+    word, info = attack.learn(FakeTarget(family_pipe).target, ROWS, "dog")
+    model = ModelAdapter(family_pipe)
+    assert [tuple(w.shape) for w in word] == [(1, e.config.hidden_size) for _, e in model.encoders]
+    assert info["loss_end"] < info["loss_start"]
+
+
+def test_every_attack_runs_end_to_end_on_every_family_and_reruns_from_the_cache(family_path, tmp_path):
+    from erasekit.models import load_pipeline
+
+    prompts = tmp_path / "prompts.csv"
+    rows = "".join(f"a photo of a dog,{s},dog,erase,object,dog\n" for s in (0, 1))
+    prompts.write_text("prompt,seed,concept,role,family,label\n" + rows, encoding="utf-8")
+    edit = erase(load_pipeline(family_path), ["dog"], method="uce").save(tmp_path / "dog.safetensors")
+    config = {
+        "model": str(family_path),
+        "prompts": [str(prompts)],
+        "edits": {"uce": str(edit)},
+        "attacks": {
+            "closed_form": {},
+            "ringabell": {"eta": 1.0},
+            "inversion": {"steps": 2, "references": 2, "batch_size": 2},
+            "token_search": {"steps": 2, "queries": 1, "candidates": 2, "top_k": 4, "prefix": 2, "timesteps": 1},
+        },
+        "judge": "erasekit.eval.testing:PixelClassifier",
+        "sampling_steps": 2,
+        "output": str(tmp_path / "run"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    results = run_attacks(config, progress=False)
+    for variant in ("base", "uce"):
+        entries = results.metrics(variant)["attack"]
+        assert set(entries) == {"no_attack", "closed_form", "ringabell", "inversion", "token_search"}
+        assert all(e["applicable"] and e["n"] == 2 for e in entries.values())
+    assert results.metrics("uce")["attack"]["closed_form"]["info"]["kv_edited"] == 1.0
+    again = run_attacks(config | {"overwrite": True}, progress=False)
+    assert _numbers(again) == _numbers(results)
+    assert all(v["images_generated"] == 0 for v in again["variants"].values())

@@ -1,4 +1,5 @@
-"""Cached, resumable, shardable generation and the evaluate() pipeline end to end on the tiny model."""
+"""Cached, resumable, shardable generation and the evaluate() pipeline end to end on the tiny models (SD1.x, and
+`erasekit eval` / `erasekit generate` on SD2.x and SDXL)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -282,3 +284,63 @@ def test_an_edit_of_another_model_is_refused_before_any_image_is_generated(
 def test_example_eval_configs_are_valid(example):
     config = EvalConfig.from_yaml(example)
     config.build_metrics()
+
+
+# ------------------------------------------------------------------------------------------------ SDXL and SD2.x
+@pytest.fixture(scope="module", params=["xl", "sd2"])
+def family_path(request, tmp_path_factory) -> Path:
+    from erasekit.models.tiny import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("models") / f"tiny-{request.param}", family=request.param)
+
+
+def test_eval_and_generate_run_on_every_family(family_path, tiny_path, prompts_csv, tmp_path):
+    from PIL import Image
+
+    from erasekit.cli import app as erasekit_app
+    from erasekit.models import load_pipeline
+
+    pipe = load_pipeline(family_path)
+    edit = erase(pipe, ["dog"], method="uce").save(tmp_path / "dog.safetensors")
+    config = _config(family_path, prompts_csv, tmp_path, edits={"uce": str(edit)}, metrics=["accuracy"])
+    data = {k: v for k, v in vars(config).items() if v is not None}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(erasekit_app, ["eval", str(tmp_path / "eval.yaml"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [first["variants"][v]["images_generated"] for v in ("base", "uce")] == [8, 8]
+    assert first["model"]["fingerprint"] == pipeline_fingerprint(pipe) != pipeline_fingerprint(load_pipeline(tiny_path))
+    records = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
+    spec = image_spec(PromptRow(records[0]["prompt"], seed=records[0]["seed"]), STEPS, 7.5, SIZE)
+    assert records[0]["variants"]["base"]["key"] == image_key(spec, pipeline_fingerprint(pipe), None)
+    cache = ImageCache(tmp_path / "cache")
+    assert cache.load(records[0]["variants"]["base"]["key"]).tobytes() == sample_batch(pipe, [spec])[0].tobytes()
+    assert any(r["variants"]["base"]["key"] != r["variants"]["uce"]["key"] for r in records)
+    result = runner.invoke(erasekit_app, ["eval", str(tmp_path / "eval.yaml"), "--no-progress"])
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result.exit_code == 0 and all(v["images_generated"] == 0 for v in again["variants"].values())
+    assert {v: again["variants"][v]["metrics"] for v in again["variants"]} == {
+        v: first["variants"][v]["metrics"] for v in first["variants"]
+    }
+
+    grid = tmp_path / "grid.png"
+    args = ["generate", "--edit", str(edit), "--model", str(family_path), "a photo of a dog", "-o", str(grid)]
+    result = runner.invoke(erasekit_app, [*args, "--steps", "2", "--size", "16"])
+    assert result.exit_code == 0, result.output
+    with Image.open(grid) as image:
+        assert image.width >= 16 and image.height >= 32  # a "base" and an "erased" row
+
+
+def test_the_sdxl_fingerprint_covers_the_second_encoder_and_the_empty_prompt_setting(tmp_path):
+    from erasekit.models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(0, "xl")
+    reference = pipeline_fingerprint(pipe)
+    with torch.no_grad():
+        pipe.text_encoder_2.text_model.final_layer_norm.weight[0] += 1
+    assert pipeline_fingerprint(pipe) != reference
+    pipe = build_tiny_pipeline(0, "xl")
+    assert pipeline_fingerprint(pipe) == reference
+    pipe.register_to_config(force_zeros_for_empty_prompt=False)  # the negative half becomes the "" encoding
+    assert pipeline_fingerprint(pipe) != reference

@@ -7,6 +7,12 @@ an :class:`Adversarial`: a prompt, or text embeddings fed to the UNet instead of
 pipeline's forward pass (text encoder, UNet, VAE) and the judge through :class:`Target`, so they work against any edit:
 replaced weights (UCE, RECE, MACE) or added modules (GLoCE, DuMo). The closed-form attack is the one exception: by
 definition it reads the cross-attention key/value maps (see ``closed_form.py``).
+
+Every family goes through the model adapter: text is encoded by each of its text encoders (``model.encoders``: one
+on SD1.x/2.x, two on SDXL) from that encoder's own token-embedding table, and every UNet call and training target is
+the adapter's (``model.denoise``, ``model.noise_target``: v-prediction on SD2.0/2.1 768 px). An attack's text
+embeddings are a :class:`~erasekit.models.adapter.Conditioning`: the rows cross-attention reads and, on SDXL, the
+pooled embedding.
 """
 
 from __future__ import annotations
@@ -21,23 +27,24 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelLayoutError
 from ..eval.prompts import PromptRow
-from ..models.adapter import ModelAdapter
+from ..models.adapter import Conditioning, ModelAdapter
 from ..registry import Registry
 from ..validation import from_dict, to_dict
 
 
 @dataclass
 class Adversarial:
-    """An attack's input for one row: ``prompt`` (text) or ``embeds`` (``[77, d]`` text embeddings), and its cost.
+    """An attack's input for one row: ``prompt`` (text) or ``embeds`` (the text conditioning of one row: rows
+    ``[1, 77, d]``, and SDXL's pooled embedding ``[1, p]``), and its cost.
 
     ``steps`` and ``queries`` are what the attack spent (optimiser steps, judge queries); ``info`` is what to report
     (e.g. the prompt a search found, its final loss).
     """
 
     prompt: str | None = None
-    embeds: torch.Tensor | None = None
+    embeds: Conditioning | None = None
     steps: int = 0
     queries: int = 0
     success: bool | None = None
@@ -140,108 +147,118 @@ def seeded(*parts: Any) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------------ text encoding
-def splice_ids(adapter: ModelAdapter, prompt: str, concept: str | None, n_tokens: int) -> tuple[list[int], list[int]]:
-    """Token ids of ``prompt`` (77, padded as the pipeline pads) with ``n_tokens`` free slots, and the slots' positions.
+def splice_ids(
+    adapter: ModelAdapter, prompt: str, concept: str | None, n_tokens: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Token ids ``[E, 77]`` of ``prompt``, one row per text encoder (``adapter.encoders``, each padded as the pipeline
+    pads for it), with ``n_tokens`` free slots, and the slots' positions (the same in every row).
 
     The slots replace the first occurrence of ``concept``'s tokens in the prompt; a prompt that does not name the
     concept (an I2P prompt, or ``concept=None``) gets them as a prefix, as UnlearnDiffAtk's adversarial prefix.
     Words beyond the 77 positions are cut, as the pipeline cuts them.
     """
-    tok = adapter.tokenizer
-    words = tok(prompt, add_special_tokens=False).input_ids
-    start, stop = 0, 0
-    if concept:
-        part = tok(concept, add_special_tokens=False).input_ids
-        found = next((i for i in range(len(words) - len(part) + 1) if words[i : i + len(part)] == part), None)
-        if found is not None:
-            start, stop = found, found + len(part)
-    # The slots' input embeddings are overwritten; EOS marks them so that nothing reading the ids (DuMo's prompt gate
-    # matches token overlap) mistakes them for the concept's words. SD runs CLIP without a mask, so EOS is harmless.
-    body = words[:start] + [tok.eos_token_id] * n_tokens + words[stop:]
-    body = body[: adapter.max_length - 2]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = [tok.bos_token_id, *body, tok.eos_token_id]
-    ids += [pad] * (adapter.max_length - len(ids))
-    return ids, list(range(1 + start, 1 + start + n_tokens))
+    rows, slots = [], None
+    for tok, _ in adapter.encoders:
+        words = tok(prompt, add_special_tokens=False).input_ids
+        start, stop = 0, 0
+        if concept:
+            part = tok(concept, add_special_tokens=False).input_ids
+            found = next((i for i in range(len(words) - len(part) + 1) if words[i : i + len(part)] == part), None)
+            if found is not None:
+                start, stop = found, found + len(part)
+        # The slots' input embeddings are overwritten; the padding token marks them, so that nothing reading the ids
+        # mistakes them for the concept's words (DuMo's prompt gate matches token overlap) and CLIP's pooled
+        # embedding, read at the first EOS, stays at the real EOS where the pad token is not EOS (SDXL's second
+        # encoder, SD2). SD runs CLIP without a mask, so the marker is harmless.
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        body = words[:start] + [pad] * n_tokens + words[stop:]
+        body = body[: adapter.max_length - 2]
+        ids = [tok.bos_token_id, *body, tok.eos_token_id]
+        rows.append(ids + [pad] * (adapter.max_length - len(ids)))
+        positions = list(range(1 + start, 1 + start + n_tokens))
+        if slots is not None and positions != slots:
+            raise ModelLayoutError("the text encoders' tokenizers split the prompt differently; cannot splice tokens")
+        slots = positions
+    return torch.tensor(rows), slots or []
+
+
+def embedding_tables(adapter: ModelAdapter) -> list[torch.Tensor]:
+    """Each text encoder's token-embedding table ``[vocab, d_e]`` (detached), in ``adapter.encoders`` order."""
+    return [encoder.get_input_embeddings().weight.detach() for _, encoder in adapter.encoders]
 
 
 @contextmanager
 def substituted_embeddings(
-    adapter: ModelAdapter, positions: Sequence[Sequence[int]], vectors: torch.Tensor
+    adapter: ModelAdapter, positions: Sequence[Sequence[int]], vectors: Sequence[torch.Tensor]
 ) -> Iterator[None]:
-    """While active, the text encoder's input embedding of batch row ``b`` at ``positions[b]`` is ``vectors[b]``.
+    """While active, text encoder ``e``'s input embedding of batch row ``b`` at ``positions[b]`` is
+    ``vectors[e][b]`` (``vectors[e]``: ``[B, k, d_e]``, one per encoder of ``adapter.encoders``).
 
-    A forward hook on the token-embedding table, so gradients reach ``vectors`` ``[B, k, d]`` and any text encoder
-    (CLIP of SD1.x or SD2.x) works without a patched forward.
+    Forward hooks on the token-embedding tables, so gradients reach the vectors and any CLIP text encoder works
+    without a patched forward.
     """
-    table = adapter.text_encoder.get_input_embeddings()
+    handles = []
+    for (_, encoder), vector in zip(adapter.encoders, vectors, strict=True):
 
-    def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        output = output.clone()
-        for b, pos in enumerate(positions):
-            output[b, list(pos)] = vectors[b].to(output.device, output.dtype)
-        return output
+        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor, vector=vector) -> torch.Tensor:
+            output = output.clone()
+            for b, pos in enumerate(positions):
+                output[b, list(pos)] = vector[b].to(output.device, output.dtype)
+            return output
 
-    handle = table.register_forward_hook(hook)
+        handles.append(encoder.get_input_embeddings().register_forward_hook(hook))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def encode_ids(
     adapter: ModelAdapter,
     ids: torch.Tensor,
     positions: Sequence[Sequence[int]] | None = None,
-    vectors: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Text embeddings ``[B, 77, d]`` of token ``ids`` ``[B, 77]``, optionally with substituted input embeddings
-    (see :func:`substituted_embeddings`); differentiable, unlike :meth:`ModelAdapter.encode`."""
-    encoder = adapter.text_encoder
-    ids = ids.to(encoder.device)
-    use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
-    mask = (ids != adapter.tokenizer.pad_token_id).long() if use_mask else None
+    vectors: Sequence[torch.Tensor] | None = None,
+) -> Conditioning:
+    """The conditioning of token ids ``[B, E, 77]`` (see :func:`splice_ids`), optionally with substituted input
+    embeddings (see :func:`substituted_embeddings`); differentiable, unlike :meth:`ModelAdapter.conditioning`."""
+    per_encoder = list(ids.unbind(1))
     if vectors is None:
-        return encoder(ids, attention_mask=mask)[0]
+        return adapter.encode_ids(per_encoder)
     with substituted_embeddings(adapter, positions or [], vectors):
-        return encoder(ids, attention_mask=mask)[0]
+        return adapter.encode_ids(per_encoder)
 
 
 # ------------------------------------------------------------------------------------------------ denoising loss
 def noisy_batch(
-    scheduler: Any, latents: torch.Tensor, n: int, generator: torch.Generator
+    adapter: ModelAdapter, latents: torch.Tensor, n: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` draws per latent of (timestep, noise): noisy latents, timesteps and the regression target."""
+    """``n`` draws per latent of (timestep, noise): noisy latents, timesteps and the regression target (the noise,
+    or the velocity of a v-prediction model)."""
+    scheduler = adapter.pipe.scheduler
     latents = latents.repeat_interleave(n, dim=0)
     total = int(scheduler.config.num_train_timesteps)
     timesteps = torch.randint(0, total, (len(latents),), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind == "epsilon":
-        wanted = noise
-    elif kind == "v_prediction":
-        wanted = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ConfigError(f"attacks need an epsilon or v-prediction scheduler, got prediction_type '{kind}'")
-    return noisy, timesteps, wanted
+    return noisy, timesteps, adapter.noise_target(latents, noise, timesteps)
 
 
 def denoising_loss(
-    unet: Any, noisy: torch.Tensor, timesteps: torch.Tensor, wanted: torch.Tensor, embeds: torch.Tensor
+    adapter: ModelAdapter, noisy: torch.Tensor, timesteps: torch.Tensor, wanted: torch.Tensor, cond: Conditioning
 ) -> torch.Tensor:
     """Per-sample mean squared error of the UNet's prediction: the training loss, as UnlearnDiffAtk and textual
-    inversion minimise it (``embeds`` ``[B, 77, d]``, one per noisy latent).
+    inversion minimise it (``cond``: one row per noisy latent).
 
     The UNet is called once per distinct timestep, as a sampler calls it, so that added modules which read the call's
     timestep (GLoCE's activation window reads the first one of the batch) see the right one for every sample.
     """
-    device = unet.device
+    device = adapter.device
     losses = torch.empty(len(noisy), device=device)
     for t in timesteps.unique():
         idx = (timesteps == t).nonzero().squeeze(1)
-        pred = unet(noisy[idx].to(device), t.to(device), encoder_hidden_states=embeds[idx.to(embeds.device)].to(device))
-        error = F.mse_loss(pred.sample.float(), wanted[idx].to(device).float(), reduction="none")
+        pred = adapter.denoise(noisy[idx].to(device), t.to(device), cond[idx.tolist()])
+        error = F.mse_loss(pred.float(), wanted[idx].to(device).float(), reduction="none")
         losses = losses.index_put((idx.to(device),), error.flatten(1).mean(1))
     return losses
 

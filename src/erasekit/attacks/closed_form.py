@@ -20,6 +20,10 @@ projection that is not linear after the edit (a gated module on K/V) makes the a
 
 Row form, solved once for all prompts with the shared ridge solver: ``C' = C M``, ``M = (sum W^T W')(lambda_reg I +
 sum W'^T W')^-1``.
+
+SDXL: the rows are both encoders' penultimate layers concatenated (``d`` = 2048), the rows every K/V projection reads.
+The UNet also takes the pooled embedding, which enters through the time embedding, not through K/V: the attack keeps
+the original text's pooled vector (docs/attacks.md, "SDXL and SD2.x").
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from ..errors import ConfigError
 from ..eval.prompts import PromptRow
 from ..linalg import cross, gram, ridge_solve
-from ..models.adapter import ModelAdapter
+from ..models.adapter import Conditioning, ModelAdapter
 from ..validation import check_at_least
 from .base import Adversarial, Attack, Target, register
 
@@ -104,8 +108,9 @@ class ClosedForm(Attack):
         originals = {n: target.original_kv[n].float().cpu() for n in edited}
         M = adversarial_map(originals, edited, self.options.lambda_reg)
         texts = [concept] * len(rows) if self.options.source == "concept" else [row.prompt for row in rows]
-        c = target.adapter.encode(texts).to(torch.float64)
-        adversarial = (c @ M).float()
-        norm = float(adversarial.norm() / max(float(c.norm()), 1e-12))
+        cond = target.adapter.conditioning(texts)
+        c = cond.hidden.to(torch.float64)
+        adversarial = Conditioning((c @ M).float(), cond.pooled)  # the pooled embedding never reaches K/V: kept
+        norm = float(adversarial.hidden.norm() / max(float(c.norm()), 1e-12))
         info = {"kv_edited": kv_edited, "norm_ratio": norm, "map_trace": float(M.trace())}
-        return [Adversarial(embeds=e, info=dict(info)) for e in adversarial]
+        return [Adversarial(embeds=adversarial[i], info=dict(info)) for i in range(len(rows))]

@@ -2,8 +2,9 @@
 
 Pham et al., "Circumventing Concept Erasure Methods for Text-to-Image Generative Models" (ICLR 2024,
 CCE) show that erased models still draw the concept when prompted with a textual-inversion word fitted on the
-edited model. Here the word is ``tokens`` input embeddings of the text encoder (a soft prompt), trained with Adam for
-exactly ``steps`` steps on the denoising loss
+edited model. Here the word is ``tokens`` input embeddings (a soft prompt), one set per text encoder since each
+reads its own token-embedding table (SDXL has two), trained with Adam for exactly ``steps`` steps on the denoising
+loss (on the velocity for a v-prediction model)
 
     L(v) = E_{x0, t, eps} || eps_theta'(x_t, t, text(prompt with v in place of the concept)) - eps ||^2
 
@@ -32,6 +33,7 @@ from .base import (
     Budget,
     Target,
     denoising_loss,
+    embedding_tables,
     encode_ids,
     noisy_batch,
     register,
@@ -61,42 +63,45 @@ class Inversion(Attack):
     name = "inversion"
     options_class = InversionOptions
 
-    def learn(self, target: Target, rows: Sequence[PromptRow], concept: str) -> tuple[torch.Tensor, dict]:
-        """The learned word ``[tokens, d]`` and the loss at the start and the end (mean of 5 steps each)."""
+    def learn(self, target: Target, rows: Sequence[PromptRow], concept: str) -> tuple[list[torch.Tensor], dict]:
+        """The learned word, ``[tokens, d_e]`` for each text encoder's embedding table (SDXL has two), and the loss at
+        the start and the end (mean of 5 steps each)."""
         opts, adapter = self.options, target.adapter
         references = [replace(rows[j % len(rows)], seed=opts.reference_seed + j) for j in range(opts.references)]
         latents = target.reference_latents(references)
         spliced = [splice_ids(adapter, r.prompt, concept, opts.tokens) for r in references]
-        ids = torch.tensor([s[0] for s in spliced])
+        ids = torch.stack([s[0] for s in spliced])
         positions = [s[1] for s in spliced]
-        table = adapter.text_encoder.get_input_embeddings().weight.detach()
-        concept_ids = adapter.tokenizer(concept, add_special_tokens=False).input_ids or ids[0, 1:2].tolist()
-        word = table[concept_ids].float().mean(0).repeat(opts.tokens, 1).cpu().requires_grad_(True)
-        optimizer = torch.optim.Adam([word], lr=opts.lr)
+        # Each table's word starts at the mean of the concept's own token embeddings (textual inversion's initializer).
+        word = []
+        for e, ((tokenizer, _), table) in enumerate(zip(adapter.encoders, embedding_tables(adapter), strict=True)):
+            concept_ids = tokenizer(concept, add_special_tokens=False).input_ids or ids[0, e, 1:2].tolist()
+            word.append(table[concept_ids].float().mean(0).repeat(opts.tokens, 1).cpu().requires_grad_(True))
+        optimizer = torch.optim.Adam(word, lr=opts.lr)
         generator = seeded(target.seed, self.label, concept)
         budget, losses = Budget(steps=opts.steps), []
         with progress_bar(target.progress) as bar:
             task = bar.add_task(f"{self.label}: {concept}", total=opts.steps)
             while budget.step():
                 pick = torch.randint(0, len(references), (opts.batch_size,), generator=generator)
-                noisy, timesteps, wanted = noisy_batch(target.pipe.scheduler, latents[pick], 1, generator)
-                vectors = word.unsqueeze(0).expand(len(pick), -1, -1)
-                embeds = encode_ids(adapter, ids[pick], [positions[i] for i in pick], vectors)
-                loss = denoising_loss(target.pipe.unet, noisy, timesteps, wanted, embeds).mean()
-                (grad,) = torch.autograd.grad(loss, [word])
-                word.grad = grad
+                noisy, timesteps, wanted = noisy_batch(adapter, latents[pick], 1, generator)
+                vectors = [w.unsqueeze(0).expand(len(pick), -1, -1) for w in word]
+                cond = encode_ids(adapter, ids[pick], [positions[i] for i in pick], vectors)
+                loss = denoising_loss(adapter, noisy, timesteps, wanted, cond).mean()
+                for w, grad in zip(word, torch.autograd.grad(loss, word), strict=True):
+                    w.grad = grad
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 bar.advance(task)
         info = {"loss_start": sum(losses[:5]) / len(losses[:5]), "loss_end": sum(losses[-5:]) / len(losses[-5:])}
-        return word.detach(), {**info, "steps": budget.steps}
+        return [w.detach() for w in word], {**info, "steps": budget.steps}
 
     def run(self, target: Target, rows: Sequence[PromptRow], concept: str) -> list[Adversarial]:
         word, info = self.learn(target, rows, concept)
         spliced = [splice_ids(target.adapter, row.prompt, concept, self.options.tokens) for row in rows]
-        ids = torch.tensor([s[0] for s in spliced])
+        ids = torch.stack([s[0] for s in spliced])
         with torch.no_grad():
-            vectors = word.unsqueeze(0).expand(len(rows), -1, -1)
-            embeds = encode_ids(target.adapter, ids, [s[1] for s in spliced], vectors).float().cpu()
+            vectors = [w.unsqueeze(0).expand(len(rows), -1, -1) for w in word]
+            cond = encode_ids(target.adapter, ids, [s[1] for s in spliced], vectors).to("cpu", torch.float32)
         steps = info.pop("steps")
-        return [Adversarial(embeds=e, steps=steps, info=dict(info)) for e in embeds]
+        return [Adversarial(embeds=cond[i], steps=steps, info=dict(info)) for i in range(len(rows))]

@@ -12,6 +12,10 @@ Pairs: a CSV with ``sensitive_prompt,normal_prompt`` columns, the shipped ``ring
 paired with the same prompt with the concept's words removed ("a photo of a shirtless person" / "a photo of a
 person"). The text encoder is never edited by the methods here, but the vector is computed with the attacked pipeline's
 encoder, as an attacker holding the released model would.
+
+SDXL: the vector lives in the rows cross-attention reads (both encoders' penultimate layers, concatenated); the pooled
+embedding, which RECE's SD1.x attack has no counterpart of, stays the attacked prompt's own (docs/attacks.md, "SDXL
+and SD2.x").
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from ..eval.prompts import PromptRow
-from ..models.adapter import ModelAdapter
+from ..models.adapter import Conditioning, ModelAdapter
 from .base import Adversarial, Attack, Target, register
 
 SHIPPED_PAIRS = {"ringabell_nudity": "ringabell_nudity.csv", "ringabell_vangogh": "ringabell_vangogh.csv"}
@@ -92,6 +96,7 @@ class RingABell(Attack):
                     f"attacks.{self.label}: no attacked prompt names '{concept}' to build pairs from; set 'pairs'"
                 )
         vector = concept_vector(target.adapter, pairs)
-        embeds = target.adapter.encode([row.prompt for row in rows]) + self.options.eta * vector
+        cond = target.adapter.conditioning([row.prompt for row in rows])
+        embeds = Conditioning(cond.hidden + self.options.eta * vector, cond.pooled)  # the prompt's own pooled vector
         info = {"pairs": len(pairs), "vector_norm": float(vector.norm())}
-        return [Adversarial(embeds=e, info=dict(info)) for e in embeds]
+        return [Adversarial(embeds=embeds[i], info=dict(info)) for i in range(len(rows))]

@@ -33,7 +33,7 @@ from ..eval.prompts import PromptRow, assign_roles
 from ..eval.results import Results, write_run
 from ..eval.run import Run, edit_concepts, open_run, variants
 from ..eval.sampling import ImageSpec, edit_fingerprint, generate, sample_batch
-from ..models.adapter import ModelAdapter
+from ..models.adapter import Conditioning, ModelAdapter
 from ..validation import from_dict
 from .base import Adversarial, Attack, Target, vae_latents
 from .closed_form import NotApplicableError
@@ -43,10 +43,14 @@ from .judge import Judge, build_judge
 EMBEDS_TAG = "embeds:"
 
 
-def embeds_tag(embeds: torch.Tensor) -> str:
-    """The stand-in prompt of an image generated from text embeddings: the sha256 of their float32 values."""
-    data = embeds.detach().float().cpu().contiguous().numpy().tobytes()
-    return EMBEDS_TAG + hashlib.sha256(data).hexdigest()
+def embeds_tag(embeds: Conditioning) -> str:
+    """The stand-in prompt of an image generated from text embeddings: the sha256 of their float32 values (the rows,
+    then the pooled embedding where the model takes one)."""
+    digest = hashlib.sha256()
+    for part in (embeds.hidden, embeds.pooled):
+        if part is not None:
+            digest.update(part.detach().float().cpu().contiguous().numpy().tobytes())
+    return EMBEDS_TAG + digest.hexdigest()
 
 
 class Session:
@@ -208,7 +212,10 @@ def run_attacks(
             scores[name] = entries
             generated[name] = session.generated
 
-    embeddings = "prompt_embeds = the attack's text embeddings; negative = the pipeline's ''"
+    embeddings = (
+        "prompt_embeds (and pooled_prompt_embeds where the model takes them) = the attack's text "
+        "embeddings; negative = the pipeline's own unconditional embedding, as for text prompts"
+    )
     protocol = {
         "generation": run.generation_protocol() | {"embeddings": embeddings},
         "attacks": {a.label: a.describe() for a in attacks},

@@ -19,6 +19,8 @@ spaced iterations and the search stops at the first success. Budget per row: ``s
 queries; neither is ever exceeded. Candidate tokens are whole alphabetic words of the vocabulary (so the prefix reads
 as text), never special tokens and, with ``exclude_concept``, never a token of the erased concept itself. The images
 evaluated are generated from the token ids searched (their text embeddings), and the decoded prompt is reported.
+On SDXL each searched token enters both text encoders; on a v-prediction model (SD2.0/2.1 768 px) the loss regresses
+the velocity instead of ``eps`` (docs/attacks.md, "SDXL and SD2.x").
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelLayoutError
 from ..eval.prompts import PromptRow
 from ..models.adapter import ModelAdapter
 from ..progress import progress_bar
@@ -39,6 +41,7 @@ from .base import (
     Budget,
     Target,
     denoising_loss,
+    embedding_tables,
     encode_ids,
     noisy_batch,
     register,
@@ -63,9 +66,15 @@ class TokenSearchOptions:
 
 
 def word_tokens_mask(adapter: ModelAdapter, exclude: Sequence[int] = ()) -> torch.Tensor:
-    """Boolean mask over the vocabulary: whole alphabetic ASCII words (``word</w>``), minus ``exclude``."""
+    """Boolean mask over the vocabulary: whole alphabetic ASCII words (``word</w>``), minus ``exclude``.
+
+    A searched token goes into every text encoder (SDXL has two), so their tables must index one vocabulary.
+    """
+    sizes = {table.shape[0] for table in embedding_tables(adapter)}
+    if len(sizes) > 1:
+        raise ModelLayoutError(f"the text encoders' token tables differ in size {sorted(sizes)}: no shared vocabulary")
     tokens = adapter.tokenizer.convert_ids_to_tokens(list(range(len(adapter.tokenizer))))
-    vocab = adapter.text_encoder.get_input_embeddings().weight.shape[0]
+    vocab = sizes.pop()
     mask = torch.zeros(vocab, dtype=torch.bool)
     for i, token in enumerate(tokens[:vocab]):
         word = token.removesuffix("</w>") if token else ""
@@ -107,45 +116,48 @@ class TokenSearch(Attack):
         self, target: Target, row: PromptRow, concept: str, latent: torch.Tensor, allowed: torch.Tensor
     ) -> Adversarial:
         """Search one row's prefix within the budget."""
-        opts, adapter, unet = self.options, target.adapter, target.pipe.unet
-        table = adapter.text_encoder.get_input_embeddings().weight.detach()
+        opts, adapter = self.options, target.adapter
+        tables = embedding_tables(adapter)
         generator = seeded(target.seed, self.label, concept, row.set, row.index)
-        ids_list, slots = splice_ids(adapter, row.prompt, None, opts.prefix)
-        ids = torch.tensor(ids_list)
+        ids, slots = splice_ids(adapter, row.prompt, None, opts.prefix)  # [encoders, 77]: one token per slot for all
         pool = allowed.nonzero().squeeze(1)
-        ids[slots] = pool[torch.randint(0, len(pool), (opts.prefix,), generator=generator)]
+        ids[:, slots] = pool[torch.randint(0, len(pool), (opts.prefix,), generator=generator)]
         budget = Budget(steps=opts.steps, queries=opts.queries)
         asks = query_schedule(opts.steps, opts.queries)
+        repeat = [0] * opts.timesteps
         success, loss = None, float("nan")
         while budget.step():
-            noisy, timesteps, wanted = noisy_batch(target.pipe.scheduler, latent, opts.timesteps, generator)
-            one_hot = torch.nn.functional.one_hot(ids[slots], len(table)).to(table).requires_grad_(True)
-            embeds = encode_ids(adapter, ids[None], [slots], (one_hot @ table)[None])
-            current = denoising_loss(unet, noisy, timesteps, wanted, embeds.expand(opts.timesteps, -1, -1)).mean()
+            noisy, timesteps, wanted = noisy_batch(adapter, latent, opts.timesteps, generator)
+            one_hot = torch.nn.functional.one_hot(ids[0, slots], len(tables[0])).to(tables[0]).requires_grad_(True)
+            vectors = [(one_hot.to(table) @ table)[None] for table in tables]
+            cond = encode_ids(adapter, ids[None], [slots], vectors)
+            current = denoising_loss(adapter, noisy, timesteps, wanted, cond[repeat]).mean()
             (grad,) = torch.autograd.grad(current, [one_hot])
             grad[:, ~allowed.to(grad.device)] = float("inf")
             top = (-grad).topk(min(opts.top_k, int(allowed.sum())), dim=1).indices.cpu()  # [prefix, top_k]
             slot = torch.randint(0, opts.prefix, (opts.candidates,), generator=generator)
             pick = torch.randint(0, top.shape[1], (opts.candidates,), generator=generator)
-            candidates = ids.repeat(opts.candidates, 1)
-            candidates[torch.arange(opts.candidates), torch.tensor(slots)[slot]] = top[slot, pick]
+            candidates = ids.repeat(opts.candidates, 1, 1)
+            for e in range(len(tables)):
+                candidates[torch.arange(opts.candidates), e, torch.tensor(slots)[slot]] = top[slot, pick]
             with torch.no_grad():
-                cand_embeds = encode_ids(adapter, candidates).repeat_interleave(opts.timesteps, 0)
                 n = opts.candidates
-                losses = denoising_loss(unet, noisy.repeat(n, 1, 1, 1), timesteps.repeat(n), wanted.repeat(n, 1, 1, 1),
-                                        cand_embeds).reshape(n, opts.timesteps).mean(1)  # fmt: skip
+                each = [c for c in range(n) for _ in range(opts.timesteps)]
+                cand = encode_ids(adapter, candidates)[each]
+                losses = denoising_loss(adapter, noisy.repeat(n, 1, 1, 1), timesteps.repeat(n),
+                                        wanted.repeat(n, 1, 1, 1), cand).reshape(n, opts.timesteps).mean(1)  # fmt: skip
             best = int(losses.argmin())
             loss = float(current.detach())
             if float(losses[best]) < loss:
                 ids, loss = candidates[best], float(losses[best])
             if budget.steps in asks and budget.query():
                 with torch.no_grad():
-                    probe = Adversarial(embeds=encode_ids(adapter, ids[None])[0].float().cpu())
+                    probe = Adversarial(embeds=encode_ids(adapter, ids[None]).to("cpu", torch.float32))
                 success = target.query([probe], [row])[0]
                 if success:
                     break
         with torch.no_grad():
-            embeds = encode_ids(adapter, ids[None])[0].float().cpu()
-        words = adapter.tokenizer.decode(ids[slots].tolist())
+            embeds = encode_ids(adapter, ids[None]).to("cpu", torch.float32)
+        words = adapter.tokenizer.decode(ids[0, slots].tolist())
         info = {"prompt": f"{words} {row.prompt}".strip(), "loss": loss}
         return Adversarial(embeds=embeds, steps=budget.steps, queries=budget.queries, success=success, info=info)

@@ -29,7 +29,7 @@ from PIL import Image
 from ..edits import Edit
 from ..errors import ConfigError, EvaluationError
 from ..io import atomic_file
-from ..models.adapter import tensors_fingerprint
+from ..models.adapter import Conditioning, tensors_fingerprint
 from ..progress import progress_bar
 from .prompts import PromptRow
 
@@ -74,13 +74,19 @@ def image_spec(row: PromptRow, sampling_steps: int, guidance: float, size: int) 
 
 
 def pipeline_fingerprint(pipe) -> str:
-    """sha256 of the UNet, text encoder and VAE weights and the scheduler config: which model made an image."""
+    """sha256 of the UNet, text encoder(s) and VAE weights and the scheduler config: which model made an image.
+
+    SDXL adds its second text encoder and how it encodes the empty negative prompt (``force_zeros_for_empty_prompt``);
+    neither exists on SD1.x/2.x, whose fingerprints are what they always were.
+    """
     tensors = {}
-    for part in ("unet", "text_encoder", "vae"):
-        tensors.update({f"{part}.{k}": v for k, v in getattr(pipe, part).state_dict().items()})
-    scheduler = json.dumps(
-        {"class": type(pipe.scheduler).__name__, **pipe.scheduler.config}, sort_keys=True, default=str
-    )
+    for part in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        if getattr(pipe, part, None) is not None:
+            tensors.update({f"{part}.{k}": v for k, v in getattr(pipe, part).state_dict().items()})
+    settings = {"class": type(pipe.scheduler).__name__, **pipe.scheduler.config}
+    if "force_zeros_for_empty_prompt" in pipe.config:
+        settings["force_zeros_for_empty_prompt"] = pipe.config.force_zeros_for_empty_prompt
+    scheduler = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(f"{tensors_fingerprint(tensors)}|{scheduler}".encode()).hexdigest()
 
 
@@ -117,19 +123,24 @@ class ImageCache:
 
 
 def sample_batch(
-    pipe, specs: Sequence[ImageSpec], embeds: Mapping[str, torch.Tensor] | None = None
+    pipe, specs: Sequence[ImageSpec], embeds: Mapping[str, Conditioning] | None = None
 ) -> list[Image.Image]:
     """One pipeline call for images that share guidance, size and steps; each has its own seeded generator.
 
-    With ``embeds``, each spec's ``prompt`` names its text embeddings (``[77, d]``), fed as ``prompt_embeds`` in place
-    of the prompt (the unconditional half stays the pipeline's own "" encoding).
+    With ``embeds``, each spec's ``prompt`` names its text conditioning (one row: ``[1, 77, d]``, and on SDXL the
+    pooled embedding ``[1, p]``), fed as ``prompt_embeds`` (and ``pooled_prompt_embeds``) in place of the prompt. The
+    unconditional half stays the pipeline's own, computed exactly as for a text prompt (SD: the "" encoding; SDXL:
+    zeros where ``force_zeros_for_empty_prompt``, else the "" encoding), so an image from a prompt's own conditioning
+    is the image of the prompt.
     """
     first = specs[0]
     if embeds is None:
         inputs: dict[str, Any] = {"prompt": [s.prompt for s in specs]}
     else:
-        stacked = torch.stack([embeds[s.prompt] for s in specs])
-        inputs = {"prompt_embeds": stacked.to(pipe.unet.device, pipe.text_encoder.dtype)}
+        cond = Conditioning.cat([embeds[s.prompt] for s in specs]).to(pipe.unet.device, pipe.text_encoder.dtype)
+        inputs = {"prompt_embeds": cond.hidden}
+        if cond.pooled is not None:
+            inputs["pooled_prompt_embeds"] = cond.pooled
     out = pipe(
         **inputs,
         num_inference_steps=first.steps,

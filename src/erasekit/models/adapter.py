@@ -324,12 +324,22 @@ class ModelAdapter:
         return encoded[[row[text] for text in texts]]
 
     def _encode_texts(self, texts: list[str], positions: int | None) -> Conditioning:
-        """One batch through the text encoder, as the SD1.x/2.x pipeline does (``last_hidden_state``; SD2's converted
-        encoders end one layer early, so that is its penultimate layer)."""
-        ids = self.tokenize(texts)[:, :positions].to(self.text_encoder.device)
+        """One batch through the text encoder(s) (:meth:`encode_ids`), in float32 on the CPU."""
+        return self.encode_ids([self.tokenize(texts)[:, :positions]]).to("cpu", torch.float32)
+
+    def encode_ids(self, ids: Sequence[torch.Tensor]) -> Conditioning:
+        """The conditioning of token ids, one ``[n, L]`` tensor per :attr:`encoders` pair, in the encoders' dtype
+        and differentiable: :meth:`conditioning` for callers that build the ids or the input embeddings themselves
+        (attacks optimise input embeddings through it).
+
+        SD1.x/2.x: the ``last_hidden_state``, as the pipeline encodes prompts (SD2's converted encoders end one layer
+        early, so that is its penultimate layer).
+        """
+        (ids,) = ids
+        ids = ids.to(self.text_encoder.device)
         use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
         mask = (ids != self.tokenizer.pad_token_id).long() if use_mask else None
-        return Conditioning(self.text_encoder(ids, attention_mask=mask)[0].float().cpu())
+        return Conditioning(self.text_encoder(ids, attention_mask=mask)[0])
 
     @property
     def encoders(self) -> list[tuple[Any, nn.Module]]:
@@ -341,6 +351,11 @@ class ModelAdapter:
         the velocity for a v-prediction model (SD2.0/2.1 768 px): training losses must follow the model's kind."""
         if self.prediction_type == "v_prediction":
             return self.pipe.scheduler.get_velocity(clean, noise, t.to(clean.device))
+        if self.prediction_type != "epsilon":
+            raise ModelLayoutError(
+                f"the scheduler's prediction_type is '{self.prediction_type}': erasekit trains models that predict "
+                "the noise (epsilon) or the velocity (v_prediction)"
+            )
         return noise
 
     def unet_kwargs(self, cond: Conditioning, latents: torch.Tensor) -> dict[str, Any]:

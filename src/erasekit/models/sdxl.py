@@ -10,6 +10,7 @@ differ; word positions are the same in both (one BPE), so token positions come f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -71,15 +72,19 @@ class SDXLAdapter(ModelAdapter):
         return [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
 
     def _encode_texts(self, texts: list[str], positions: int | None) -> Conditioning:
+        ids = [self._ids(tokenizer, texts)[:, :positions] for tokenizer, _ in self.encoders]
+        return self.encode_ids(ids).to("cpu", torch.float32)
+
+    def encode_ids(self, ids: Sequence[torch.Tensor]) -> Conditioning:
         """Both encoders' penultimate layers, concatenated; the pooled embedding only for whole sequences (it is read
         at the EOS token, which a truncated encoding may not reach)."""
         halves, pooled = [], None
-        for tokenizer, encoder in self.encoders:
-            ids = self._ids(tokenizer, texts)[:, :positions].to(encoder.device)
-            out = encoder(ids, output_hidden_states=True)
-            halves.append(out.hidden_states[-2].float().cpu())
-            if encoder is self.text_encoder_2 and positions is None:
-                pooled = out[0].float().cpu()
+        device = self.text_encoder.device
+        for (_, encoder), part in zip(self.encoders, ids, strict=True):
+            out = encoder(part.to(encoder.device), output_hidden_states=True)
+            halves.append(out.hidden_states[-2].to(device))
+            if encoder is self.text_encoder_2 and part.shape[1] == self.max_length:
+                pooled = out[0].to(device)
         return Conditioning(torch.cat(halves, dim=-1), pooled)
 
     def _ids(self, tokenizer: Any, texts: list[str]) -> torch.Tensor:
