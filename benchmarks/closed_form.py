@@ -147,8 +147,8 @@ def resident_total_gib() -> float:
     return int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) / 2**20
 
 
-def print_table(console: Console, rows: list[dict[str, Any]], n_preserve: int) -> None:
-    table = Table(title=f"Closed-form edits on SD1.5-size random weights ({n_preserve} preserved, fp32, CPU)")
+def print_table(console: Console, rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
     for name in ("method", "n", "texts", "total s", "encode s", "edit s", "edit/enc", "peak MiB"):
         table.add_column(name, justify="left" if name == "method" else "right")
     for r in rows:
@@ -164,6 +164,33 @@ def print_table(console: Console, rows: list[dict[str, Any]], n_preserve: int) -
             f"{r['peak_mib']:.0f}",
         )
     console.print(table)
+
+
+def fit_grid(
+    pipe: Any,
+    celebrities: list[str],
+    preserve: list[str],
+    sizes: list[int],
+    methods: list[str],
+    repeat: int,
+    console: Console,
+) -> list[dict[str, Any]]:
+    """Fit each method (UCE defaults, RECE with ``RECE_EPOCHS``) for the first ``n`` celebrity names of each size,
+    ``preserve`` kept, and measure each fit (the fastest of ``repeat``)."""
+    fitters = {"uce": UCE(), "rece": RECE(epochs=RECE_EPOCHS)}
+    rows = []
+    for n in sizes:
+        concepts = ConceptSet(tuple(Concept(name, kind="celebrity") for name in celebrities[:n]), tuple(preserve))
+        for name in methods:
+            fit = lambda model, m=fitters[name], c=concepts: m.fit(model, c)  # noqa: E731
+            runs = [measure(fit, pipe) for _ in range(repeat)]
+            result = min(runs, key=lambda r: r["total_s"])
+            rows.append({"method": name, "concepts": n, "preserve": len(preserve), **result})
+            console.print(
+                f"{name} n={n}: {result['total_s']:.1f} s (encode {result['encode_s']:.1f} s, "
+                f"edit {result['edit_s']:.2f} s), peak +{result['peak_mib']:.0f} MiB"
+            )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,21 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"built SD1.5-size pipeline ({n_params / 1e6:.0f} M UNet parameters) in {build_s:.0f} s")
     ModelAdapter(pipe).encode(["warm-up"])  # first-call overheads (allocator, kernels) are not part of any fit
 
-    methods = {"uce": UCE(), "rece": RECE(epochs=RECE_EPOCHS)}
-    rows = []
-    for n in sizes:
-        concepts = ConceptSet(tuple(Concept(name, kind="celebrity") for name in celebrities[:n]), tuple(preserve))
-        for name in args.methods:
-            fit = lambda model, m=methods[name], c=concepts: m.fit(model, c)  # noqa: E731
-            runs = [measure(fit, pipe) for _ in range(args.repeat)]
-            result = min(runs, key=lambda r: r["total_s"])
-            rows.append({"method": name, "concepts": n, "preserve": n_preserve, **result})
-            console.print(
-                f"{name} n={n}: {result['total_s']:.1f} s (encode {result['encode_s']:.1f} s, "
-                f"edit {result['edit_s']:.2f} s), peak +{result['peak_mib']:.0f} MiB"
-            )
-
-    print_table(console, rows, n_preserve)
+    rows = fit_grid(pipe, celebrities, preserve, sizes, args.methods, args.repeat, console)
+    title = f"Closed-form edits on SD1.5-size random weights ({n_preserve} preserved, fp32, CPU)"
+    print_table(console, rows, title)
     holds = all(r["edit_over_encode"] < 1 for r in rows)
     console.print(f"target (edit < text encoding at every size): {'holds' if holds else 'FAILS'}")
     report = {
