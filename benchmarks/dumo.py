@@ -20,6 +20,12 @@ skipped on machines with less than 40 GiB of memory.
     python benchmarks/dumo.py                 # world and SD1.5-size (about 15-25 minutes on 2 busy CPU cores)
     python benchmarks/dumo.py --models world  # the world only (about a minute)
 
+``--models sdxl`` measures instead what one ESD-x step costs on the full SDXL architecture (random weights, the
+pipeline in bf16 as users train it, only the trained tensors in float32): peak memory added and seconds per step, with
+and without gradient checkpointing, at reduced latent sizes (``--sdxl-latents``; SDXL trains at 128 = 1024 px), plus
+the parameter counts that fix the optimiser's memory for ESD-x, ESD-u and DuMo. It builds ~3.5 B parameters (7 GB in
+bf16): run it under the machine's lock for full-size SDXL, ``flock /tmp/erasekit-full-sdxl.lock python ...``.
+
 ``--erasure`` runs the erasure comparison instead: the world experiments (``erasekit.world.experiments``: same
 prompts and seeds for every method) ``explicit`` (direct, synonym and indirect prompts), ``style`` and ``object``
 for UCE, ESD-x, ESD-u and DuMo with their world presets and the neighbours preserved, plus a Fréchet distance on
@@ -42,6 +48,7 @@ from typing import Any
 
 import torch
 from closed_form import build_sd15_pipeline, machine, resident_kib, resident_total_gib
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
 
@@ -49,8 +56,9 @@ from erasekit.concepts import ConceptSet
 from erasekit.edits import Edit
 from erasekit.methods.dumo.method import DuMo, base_names
 from erasekit.methods.dumo.modules import KIND, DuMoNetwork
-from erasekit.methods.esd import ESD
+from erasekit.methods.esd import ESD, trainable_names
 from erasekit.models import ModelAdapter, load_pipeline
+from erasekit.models.build import assemble_sdxl_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
 
 TRAJECTORY_DEPTH = {"world": 20, "sd15": 50}  # DDIM steps of the trajectory in each model's preset
@@ -61,6 +69,63 @@ ERASURE_METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "esd-u": ("esd", {"preset": "world", "train_method": "u"}),
     "dumo": ("dumo", {"preset": "world"}),
 }
+
+
+SDXL_UNET = dict(
+    block_out_channels=(320, 640, 1280), layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+    cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)  # fmt: skip
+"""SDXL base's UNet (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json): 2.57 B parameters."""
+
+
+def build_sdxl_pipeline(latent: int, dtype: torch.dtype) -> StableDiffusionXLPipeline:
+    """SDXL base's architecture with random weights created directly in ``dtype``: the UNet, CLIP ViT-L and OpenCLIP
+    bigG text encoders, SD's VAE. ``latent`` is the UNet's sample size, i.e. the training resolution / 8."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        unet = UNet2DConditionModel(sample_size=latent, **SDXL_UNET)
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)  # fmt: skip
+        text_encoder = clip_text_encoder(768, num_layers=12, num_heads=12, intermediate_size=3072)
+        text_encoder_2 = clip_text_encoder(1280, num_layers=32, num_heads=20, intermediate_size=5120,
+                                           projection_dim=1280)  # fmt: skip
+    finally:
+        torch.set_default_dtype(default)
+    return assemble_sdxl_pipeline(vae, unet, text_encoder, text_encoder_2)
+
+
+def sdxl_training(latents: list[int], console: Console) -> dict[str, Any]:
+    """One ESD-x step (trajectory depth 0) on full-size SDXL in bf16 per (latent size, checkpointing), and the
+    trained parameter counts of ESD-x, ESD-u and DuMo (what Adam's float32 state costs: 16 bytes a parameter)."""
+    torch.manual_seed(0)
+    with torch.device("meta"):  # shapes only
+        epr = DuMoNetwork(UNet2DConditionModel(**SDXL_UNET), "time_layer", 20, 1000)
+    pipe = build_sdxl_pipeline(max(latents), torch.bfloat16)
+    model = ModelAdapter(pipe)
+    counts = {"unet": sum(p.numel() for p in pipe.unet.parameters()), "dumo": sum(p.numel() for p in epr.parameters())}
+    for variant in ("x", "u"):
+        counts[f"esd_{variant}"] = sum(
+            p.numel() for p in model.unet_parameters(trainable_names(model, variant)).values()
+        )
+    console.print("SDXL trained parameters (M): " + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in counts.items()))
+    base_gib = resident_kib("VmRSS") / 2**20
+    concepts = ConceptSet.build([{"text": "car", "kind": "object"}])
+    runs = []
+    for latent in latents:
+        pipe.unet.register_to_config(sample_size=latent)
+        for checkpointing in (False, True):
+            method = ESD(train_method="x", steps=1, sampling_steps=1, progress=False,
+                         gradient_checkpointing=checkpointing)  # fmt: skip
+            cost = update_cost(method, model, concepts)
+            runs.append({"latent": latent, "pixels": 8 * latent, "checkpointing": checkpointing, **cost})
+            console.print(f"SDXL ESD-x {8 * latent} px, checkpointing {checkpointing}: {cost['update_s']:.0f} s, "
+                          f"peak +{cost['peak_mib'] / 1024:.2f} GiB over {base_gib:.2f} GiB")  # fmt: skip
+    return {"model": "sdxl", "dtype": "bfloat16", "parameters": counts, "pipeline_gib": base_gib, "esd_x": runs}
 
 
 def untrained_dumo(model: ModelAdapter) -> Edit:
@@ -219,7 +284,8 @@ def erasure(output: Path, out: Path, tasks: list[str], methods: list[str], conso
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["world", "sd15"], choices=["world", "sd15"])
+    parser.add_argument("--models", nargs="+", default=["world", "sd15"], choices=["world", "sd15", "sdxl"])
+    parser.add_argument("--sdxl-latents", nargs="+", type=int, default=[32, 64], help="SDXL latent sizes (px / 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=5, help="UNet calls timed per configuration (median)")
     parser.add_argument("--sd-steps", type=int, default=2, help="optimisation steps timed per method on SD1.5")
@@ -235,8 +301,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     console = Console()
-    results = []
+    results, sdxl = [], None
     for name in args.models:
+        if name == "sdxl":
+            sdxl = sdxl_training(args.sdxl_latents, console)
+            continue
         torch.manual_seed(0)
         pipe = load_pipeline("erasekit:world") if name == "world" else build_sd15_pipeline()
         pipe.to(args.device)
@@ -245,11 +314,16 @@ def main(argv: list[str] | None = None) -> None:
         repeat = args.repeat if name == "world" else max(2, args.repeat // 2)
         results.append(bench_model(name, pipe, steps, repeat, console, esd_u=name == "world" or big_enough))
         del pipe
-    print_tables(console, results)
+    if results:
+        print_tables(console, results)
     report = {"benchmark": "dumo", "machine": machine(), "device": args.device, "results": results}
+    if sdxl is not None:
+        report["sdxl_training"] = sdxl
     if args.device == "cuda":
         report["machine"]["gpu"] = torch.cuda.get_device_name()
-    out = args.out or Path("benchmarks/results/dumo.json")
+    out = args.out or Path(
+        "benchmarks/results/dumo_sdxl.json" if args.models == ["sdxl"] else "benchmarks/results/dumo.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {out}")

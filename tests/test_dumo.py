@@ -22,13 +22,18 @@ def mean_loss(base, edited) -> float:
     return objective_value(ModelAdapter(base), edited, [("dog", "")], TrainingConfig(sampling_steps=4))
 
 
+SPEC = {"tlmo": "time_layer", "tlmo_buckets": 20, "num_train_timesteps": 1000, "gating": True, "facilitate_factor": 1.0}
+
+
 def untrained_tensors(pipe) -> dict[str, torch.Tensor]:
     network = DuMoNetwork(pipe.unet, "time_layer", 20, 1000)
     return {f"network.{k}": v for k, v in network.state_dict().items()}
 
 
-def test_epr_taps_are_the_unets_skip_and_mid_features(tiny_pipe, tiny_model):
-    unet = tiny_pipe.unet
+@pytest.mark.parametrize("spec", [None, "erasekit:tiny-xl"], ids=["sd1", "sdxl"])
+def test_epr_taps_are_the_unets_skip_and_mid_features(tiny_path, spec):
+    model = ModelAdapter(load_pipeline(spec or tiny_path))
+    unet = model.unet
     network = DuMoNetwork(unet, "time_layer", 20, 1000)
     for conv in network.epr.zero_convs:  # identity instead of zero: the taps come out unchanged
         torch.nn.init.dirac_(conv.weight)
@@ -36,10 +41,11 @@ def test_epr_taps_are_the_unets_skip_and_mid_features(tiny_pipe, tiny_model):
     hooks = [unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(o))]
     hooks += [b.register_forward_hook(lambda m, i, o: seen.extend(o[1])) for b in unet.down_blocks]
     hooks.append(unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(o)))
-    x, text = torch.randn(2, 4, 8, 8), tiny_model.encode(["a dog", ""])
+    x = torch.randn(2, 4, 8, 8)
+    kwargs = model.unet_kwargs(model.conditioning(["a dog", ""]), x)  # SDXL: pooled + size ids too
     with torch.no_grad():
-        unet(x, 321, text)
-        down, mid = network.residuals(x, 321, text)
+        unet(x, 321, **kwargs)
+        down, mid = network.residuals(x, 321, **kwargs)
     for hook in hooks:
         hook.remove()
     assert len(seen) == len(down) + 1 == 5
@@ -52,9 +58,7 @@ def test_zero_initialised_residuals_leave_the_pipeline_output_unchanged(tiny_pip
     reference = sample_image(tiny_pipe)
     tensors = untrained_tensors(tiny_pipe)
     tensors["gate.embeddings"] = tiny_model.encode(["dog"])
-    spec = {"tlmo": "time_layer", "tlmo_buckets": 20, "num_train_timesteps": 1000, "gating": gating,
-            "facilitate_factor": 1.0, "gate_tokens": [tiny_model.word_tokens("dog")]}  # fmt: skip
-    detach = attach_dumo(tiny_pipe, tensors, spec)
+    detach = attach_dumo(tiny_pipe, tensors, {**SPEC, "gating": gating, "gate_tokens": [tiny_model.word_tokens("dog")]})
     calls = []
     probe = tiny_pipe.unet.register_forward_pre_hook(
         lambda m, a, k: calls.append(k.get("mid_block_additional_residual")), with_kwargs=True
@@ -82,7 +86,7 @@ def test_prompt_gate_is_one_for_the_concept_and_lower_for_other_prompts(tiny_mod
     tok = tiny_model.tokenizer
     specials = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
     texts = ["a photo of a dog", "a red car"]
-    rho = gate.rho(tiny_model.encode(texts), tiny_model.tokenize(texts), specials)
+    rho = gate.rho(tiny_model.encode(texts), gate.tokenuni(tiny_model.tokenize(texts), specials))
     assert rho[0] == pytest.approx(1.0) and rho[1] < 1.0
     # a CFG batch [negatives; prompts]: each prompt's rho also scales its own negative half, never another prompt's
     shared = share_across_cfg_halves(torch.tensor([0.3, 0.2, 1.0, 0.5]))
@@ -148,3 +152,51 @@ def test_dumo_world_preset_is_the_cpu_recipe_under_the_users_values():
     assert (cfg.sampling_steps, cfg.negative_guidance) == (20, 4.0)
     assert DuMo(preset="world", negative_guidance=2.0).settings().negative_guidance == 2.0
     assert DuMo().settings().sampling_steps == 50
+
+
+def test_dumo_on_sdxl_starts_exact_erases_and_round_trips_exactly(tmp_path):
+    spec = "erasekit:tiny-xl"
+    base, pipe = load_pipeline(spec), load_pipeline(spec)
+    model = ModelAdapter(pipe)
+    reference, before = sample_image(pipe), mean_loss(base, pipe)
+    tensors = untrained_tensors(pipe)
+    tensors["gate.embeddings"] = model.encode(["dog"])
+    detach = attach_dumo(pipe, tensors, {**SPEC, "gate_tokens": [model.word_tokens("dog")]})
+    assert (sample_image(pipe) == reference).all(), "an untrained DuMo must not change SDXL's output"
+    detach()
+    edit = DuMo(steps=12, preserve_weight=0.0, gating=False, **{**FAST, "lr": 3e-4}).fit(
+        model, ConceptSet.build(["dog"])
+    )
+    assert edit.info["family"] == "sdxl" and len(edit.module_spec["taps"]) == 5
+    edit.apply(pipe)
+    erased = sample_image(pipe)
+    assert mean_loss(base, pipe) < 0.7 * before and not (erased == reference).all()
+    edit.remove(pipe)
+    assert (sample_image(pipe) == reference).all()
+    Edit.load(edit.save(tmp_path / "dumo.safetensors")).apply(pipe)
+    assert (sample_image(pipe) == erased).all()
+
+
+@pytest.mark.parametrize("spec", [None, "erasekit:tiny-xl"], ids=["sd1", "sdxl"])
+def test_the_gate_reads_the_prompts_tokens_through_the_pipeline(tiny_path, spec, monkeypatch):
+    """rho is 1 for a prompt holding the concept's tokens (tokenuni, recorded at the text encoder and matched to
+    the UNet's rows: on SDXL by their first encoder's penultimate half) and below 1 for another prompt."""
+    pipe = load_pipeline(spec or tiny_path)
+    model = ModelAdapter(pipe)
+    tensors = untrained_tensors(pipe)
+    tensors["gate.embeddings"] = model.encode(["dog"])
+    rhos: list[torch.Tensor] = []
+    residuals = DuMoNetwork.residuals
+
+    def recording(self, *args, rho=None, **kwargs):
+        rhos.append(rho)
+        return residuals(self, *args, rho=rho, **kwargs)
+
+    monkeypatch.setattr(DuMoNetwork, "residuals", recording)
+    detach = attach_dumo(pipe, tensors, {**SPEC, "gate_tokens": [model.word_tokens("dog")]})
+    sample_image(pipe, "a photo of a dog")
+    dog, rhos[:] = list(rhos), []
+    sample_image(pipe, "a red car")
+    detach()
+    assert dog and all(r.tolist() == [1.0, 1.0] for r in dog)
+    assert rhos and all((r < 1).all() for r in rhos)

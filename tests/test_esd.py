@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sample_image
 
 from erasekit.concepts import ConceptSet
+from erasekit.edits import Edit
 from erasekit.errors import ConfigError
 from erasekit.methods import ESD
 from erasekit.methods.esd import trainable_names
-from erasekit.methods.training import TrainingConfig, autocast, objective_value
+from erasekit.methods.training import (
+    NegativeGuidanceObjective,
+    TrainingConfig,
+    autocast,
+    objective_value,
+    step_generator,
+)
 from erasekit.models import ModelAdapter, load_pipeline
 
 FAST = {"sampling_steps": 4, "lr": 1e-3, "progress": False}
@@ -88,3 +96,47 @@ def test_auto_mixed_precision_is_off_on_cpu():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("spec", ["erasekit:tiny-xl", "erasekit:tiny-sd2"])
+def test_esd_erases_on_sdxl_and_sd2_and_the_edit_round_trips_exactly(spec, tmp_path):
+    base, pipe = load_pipeline(spec), load_pipeline(spec)
+    model = ModelAdapter(pipe)
+    reference, before = sample_image(pipe), mean_loss(base, pipe)
+    edit = ESD(steps=10, train_method="x", **{**FAST, "lr": 1e-4}).fit(model, ConceptSet.build(["dog"]))
+    assert edit.info["family"] == model.family and set(edit.weights) == set(trainable_names(model, "x"))
+    assert (sample_image(pipe) == reference).all(), "fit must leave the pipeline unchanged"
+    edit.apply(pipe)
+    erased = sample_image(pipe)
+    assert mean_loss(base, pipe) < 0.7 * before and not (erased == reference).all()
+    edit.remove(pipe)
+    assert (sample_image(pipe) == reference).all()
+    Edit.load(edit.save(tmp_path / "esd.safetensors")).apply(pipe)
+    assert (sample_image(pipe) == erased).all()
+
+
+def test_negative_guidance_on_velocities_is_the_velocity_of_the_noise_target():
+    """On a v-prediction model the targets are the teacher's velocities; at a fixed x_t a velocity is affine in the
+    noise, v = (eps - sigma x_t) / alpha, and the target's coefficients sum to one, so the loss is the noise-space
+    loss weighted by 1 / alpha_t^2 (docs/methods/esd.md, "SDXL and SD2.x")."""
+    base, other = ModelAdapter(load_pipeline("erasekit:tiny-sd2")), ModelAdapter(load_pipeline("erasekit:tiny-sd2-1"))
+    cfg = TrainingConfig(sampling_steps=1, progress=False)  # depth 0: t is the first DDIM timestep
+    velocity = NegativeGuidanceObjective(base, other.denoise, base.denoise, [("dog", "")], [], cfg)
+    t = velocity.scheduler.timesteps[0]
+    alpha, sigma = velocity.scheduler.alphas_cumprod[t].sqrt(), (1 - velocity.scheduler.alphas_cumprod[t]).sqrt()
+
+    def as_noise(denoise):
+        return lambda x, t, cond: alpha * denoise(x, t, cond) + sigma * x
+
+    noise = NegativeGuidanceObjective(base, as_noise(other.denoise), as_noise(base.denoise), [("dog", "")], [], cfg)
+    with torch.no_grad():
+        for draw in range(3):
+            v_loss, eps_loss = velocity.loss(step_generator(0, draw)), noise.loss(step_generator(0, draw))
+            torch.testing.assert_close(v_loss, eps_loss / alpha**2, rtol=1e-4, atol=0)
+
+
+def test_esd_sdxl_preset_is_the_authors_sdxl_recipe():
+    cfg = ESD(preset="sdxl").settings()
+    assert (cfg.train_method, cfg.lr, cfg.start_guidance, cfg.negative_guidance, cfg.steps) == ("x", 2e-4, 2, 1, 200)
+    assert cfg.gradient_checkpointing
+    assert ESD(preset="sdxl", lr=1e-4).settings().lr == 1e-4

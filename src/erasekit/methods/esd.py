@@ -15,26 +15,29 @@ authors' 2025 diffusers rewrite: the weights and biases of every Linear and Conv
 Normalisation layers are never trained (as in the rewrite). The 2023 code's ESD-u also froze the time embedding and
 the output convolution; the rewrite trains them, and so do we.
 
-The result is an ordinary weight edit (``Edit.from_weights``): the trained tensors replace the originals, and the
-pipeline is restored after fitting.
+The result is an ordinary weight edit (``Edit.from_weights``): the trained tensors replace the originals; the
+pipeline is never modified (the trained tensors are float32 copies swapped in for the fit, the frozen rest stays in
+the model's dtype). Preset ``sdxl`` is the authors' SDXL recipe (docs/methods/esd.md, "SDXL and SD2.x").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..concepts import ConceptSet
 from ..edits import Edit
-from ..models.adapter import ModelAdapter, tensors_fingerprint
+from ..models.adapter import Conditioning, ModelAdapter, tensors_fingerprint
 from .base import Method, register_method
 from .training import (
     NegativeGuidanceObjective,
     TrainingConfig,
+    float32_copies,
     frozen,
+    gradient_checkpointing,
     run_identity,
     run_training,
     training_pairs,
@@ -81,11 +84,16 @@ class ESD(Method):
 
     name = "esd"
     config_class = ESDConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # esd_sdxl.py of the authors' 2025 rewrite (esd-x; 1024 px follows from SDXL's latent size); checkpointing
+        # so that it trains on one 24 GB GPU with the pipeline loaded in bf16
+        "sdxl": {"lr": 2e-4, "start_guidance": 2.0, "negative_guidance": 1.0, "steps": 200,
+                 "gradient_checkpointing": True},
+    }  # fmt: skip
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
         cfg = self.settings()
-        with model.float32():  # float32 master weights also for a half-precision model
-            weights, record = self._train(model, concepts, cfg)
+        weights, record = self._train(model, concepts, cfg)
         config = self.edit_config(cfg)
         log = {"training_seconds": record.pop("seconds"), "resumed_from": record.pop("resumed_from")}
         return Edit.from_weights(
@@ -93,30 +101,26 @@ class ESD(Method):
         )
 
     def _train(self, model: ModelAdapter, concepts: ConceptSet, cfg: ESDConfig) -> tuple[dict, dict]:
-        """Fine-tune the variant's tensors; return them (the pipeline is restored) and the training record."""
+        """Fine-tune float32 copies of the variant's tensors; return them and the training record."""
         unet = model.unet
-        params = model.unet_parameters(trainable_names(model, cfg.train_method))
-        originals = {n: p.detach().clone() for n, p in params.items()}
+        names = trainable_names(model, cfg.train_method)
+        originals = model.unet_parameters(names)  # the teacher's: the copies replace them in the UNet while training
 
-        def teacher(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-            return torch.func.functional_call(unet, originals, (x, t, emb)).sample
-
-        def student(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-            return unet(x, t, emb).sample
+        def teacher(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+            return torch.func.functional_call(unet, originals, (x, t), model.unet_kwargs(cond, x)).sample
 
         config = self.edit_config(cfg)
         identity = run_identity(self.name, config, concepts.to_dict(), tensors_fingerprint(originals))
         objective = NegativeGuidanceObjective(
-            model, student, teacher, training_pairs(concepts, cfg), concepts.preserve_texts(), cfg
+            model, model.denoise, teacher, training_pairs(concepts, cfg), concepts.preserve_texts(), cfg
         )
-        try:
-            with frozen(unet):
-                for p in params.values():
-                    p.requires_grad_(True)
-                record = run_training(
-                    objective, dict(params), [{"params": list(params.values()), "lr": cfg.lr}], cfg, identity,
-                    f"ESD-{cfg.train_method}",
-                )  # fmt: skip
-        finally:
-            weights = model.replace_weights(originals)  # restores the pipeline; returns the trained tensors
-        return weights, record
+        with (
+            frozen(unet),
+            float32_copies(unet, names) as copies,
+            gradient_checkpointing(cfg.gradient_checkpointing, unet),
+        ):
+            record = run_training(
+                objective, dict(copies), [{"params": list(copies.values()), "lr": cfg.lr}], cfg, identity,
+                f"ESD-{cfg.train_method}",
+            )  # fmt: skip
+        return {n: c.detach() for n, c in copies.items()}, record

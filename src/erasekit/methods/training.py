@@ -14,41 +14,54 @@ frozen model's noise pushed *away* from ``c``. We follow the authors' 2025 diffu
    ``preserve_weight * ||eps_phi(x_t, p) - eps_0(x_t, p)||^2`` for a preserved prompt ``p`` on the same latent (not in
    ESD; step 2 of our DuMo recipe, docs/methods/dumo.md "The training recipe").
 
-Methods plug in two callables, ``student(x, t, emb)`` (with gradients) and ``teacher(x, t, emb)`` (frozen), and the
-named tensors to optimise. The loop adds what a long CPU/GPU fine-tune needs: every random draw of step ``i`` comes
-from a generator seeded by ``(seed, i)``, so an interrupted run resumed from its work directory (step, trainable
-tensors, optimiser state) ends with bit-identical weights; progress; bf16 autocast on CUDA.
+Methods plug in two callables, ``student(x, t, cond)`` (with gradients) and ``teacher(x, t, cond)`` (frozen), each
+one UNet call through the model adapter (``cond`` is a :class:`Conditioning`: text rows plus, on SDXL, the pooled
+embedding), and the named tensors to optimise. The targets are combinations of the frozen model's own predictions
+whose coefficients sum to one, so they are right for epsilon and v-prediction models alike (docs/methods/esd.md,
+"SDXL and SD2.x").
+
+The loop adds what a long CPU/GPU fine-tune needs: every random draw of step ``i`` comes from a generator seeded by
+``(seed, i)``, so an interrupted run resumed from its work directory (step, trainable tensors, optimiser state) ends
+with bit-identical weights; progress; autocast (bf16 on CUDA, or the dtype of a half-precision model, whose frozen
+weights stay in that dtype while only the trained tensors get float32 master copies); gradient checkpointing; and
+data parallelism under ``torchrun`` / ``accelerate launch`` (every process draws the same step, trains on its shard of
+the step's batch, and gradients are averaged: N processes train what one process does with N x ``batch_size``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers import DDIMScheduler
 from rich.progress import TextColumn
+from torch import nn
 
 from ..concepts import ConceptSet
 from ..errors import ConfigError
 from ..io import atomic_file
-from ..models.adapter import ModelAdapter
+from ..models.adapter import Conditioning, ModelAdapter
 from ..progress import progress_bar
 from ..validation import Seed, check_at_least
 from .base import guide_for
 
-NoiseModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``model(x_t, t, text_embeddings) -> predicted noise``."""
+NoiseModel = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
+"""``model(x_t, t, cond) -> the UNet's prediction`` (noise, or velocity for a v-prediction model)."""
+HALF = (torch.float16, torch.bfloat16)
 
 CHECKPOINT = "checkpoint.pt"
 # Fields that do not change what step i computes: a run may resume with other values.
-RESUMABLE = ("steps", "checkpoint_every", "progress", "work_dir")
+RESUMABLE = ("steps", "checkpoint_every", "progress", "work_dir", "gradient_checkpointing")
 
 
 @dataclass
@@ -74,15 +87,24 @@ class TrainingConfig:
         default="empty",
         metadata={"help": "what the concept is pushed away from/toward: 'empty' prompt (ESD) or the concept's guide"},
     )
-    batch_size: int = field(default=1, metadata={"help": "trajectories per step (ESD: 1)"})
+    batch_size: int = field(
+        default=1, metadata={"help": "trajectories per step and process (ESD: 1); N processes train with N x this"}
+    )
     preserve_weight: float = field(
         default=0.0, metadata={"help": "weight of ||eps_phi(p) - eps_0(p)||^2 on preserved prompts p (0 = off)"}
     )
     erase_synonyms: bool = field(default=False, metadata={"help": "also train on each concept's synonyms"})
     seed: Seed = field(default=0, metadata={"help": "seed of every trajectory, timestep and prompt choice"})
     mixed_precision: Literal["auto", "no", "bf16"] = field(
-        default="auto", metadata={"help": "bf16 autocast: 'auto' = on CUDA devices that support it, never on CPU"}
-    )
+        default="auto",
+        metadata={"help": "bf16 autocast of a float32 model: 'auto' = on CUDA devices that support it, never on CPU "
+                  "(a half-precision model always runs autocast in its own dtype)"},
+    )  # fmt: skip
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute the UNet's (and DuMo's EPR's) block activations in the backward pass: less "
+                  "memory (SDXL on one 24 GB GPU), about a third more time"},
+    )  # fmt: skip
     work_dir: str | None = field(
         default=None,
         metadata={"help": "folder for resumable checkpoints; running again resumes (None = no checkpoints)"},
@@ -115,8 +137,14 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(h % 2**63)
 
 
-def autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast when asked ('bf16') or, for 'auto', on a CUDA device that supports it (CPU bf16 is slower)."""
+def autocast(
+    device: torch.device, mode: str, model_dtype: torch.dtype = torch.float32
+) -> contextlib.AbstractContextManager:
+    """Autocast in a half-precision model's own dtype (its frozen weights meet float32 trained copies: the forward
+    must run in one dtype); for a float32 model, bf16 when asked ('bf16') or, for 'auto', on a CUDA device that
+    supports it (CPU bf16 is slower)."""
+    if model_dtype in HALF:
+        return torch.autocast(device.type, dtype=model_dtype)
     if mode == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -127,8 +155,10 @@ def autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManag
 class NegativeGuidanceObjective:
     """The ESD loss of one step, given the frozen ``teacher`` and the trained ``student``.
 
-    Text embeddings of every erased, anchor and preserved prompt are computed once. The trajectory sampler is DDIM
-    (eta 0, deterministic) built from the pipeline's scheduler config, whatever scheduler the pipeline samples with.
+    The conditioning of every erased, anchor and preserved prompt is computed once. The trajectory sampler is DDIM
+    (eta 0, deterministic) built from the pipeline's scheduler config, whatever scheduler the pipeline samples with
+    (so also its prediction type: a v-prediction model's outputs step as velocities). In a data-parallel run every
+    process draws the whole step (prompt, depth, noise for ``world x batch_size`` trajectories) and keeps its rows.
     """
 
     def __init__(
@@ -148,21 +178,25 @@ class NegativeGuidanceObjective:
         texts = list(dict.fromkeys([""] + [t for p in self.pairs for t in p] + self.preserve))
         unet = model.unet
         self.device, self.dtype = unet.device, unet.dtype
-        self.emb = dict(zip(texts, model.encode(texts).to(self.device, self.dtype), strict=True))
+        self.rows = {text: i for i, text in enumerate(texts)}
+        self.cond = model.conditioning(texts).to(self.device, self.dtype)
         self.scheduler = DDIMScheduler.from_config(model.pipe.scheduler.config)
         self.scheduler.set_timesteps(cfg.sampling_steps, device=self.device)
+        self.rank, self.world = data_parallel(self.device)
         size = unet.config.sample_size
-        self.latent_shape = (cfg.batch_size, unet.config.in_channels, size, size)
+        self.latent_shape = (self.world * cfg.batch_size, unet.config.in_channels, size, size)
+        self.shard = slice(self.rank * cfg.batch_size, (self.rank + 1) * cfg.batch_size)
 
-    def _batch(self, text: str) -> torch.Tensor:
-        return self.emb[text].expand(self.cfg.batch_size, -1, -1)
+    def _batch(self, *texts: str) -> Conditioning:
+        """The conditioning of ``texts`` in turn, each on ``batch_size`` rows (the pooled embedding travels along)."""
+        return self.cond[[self.rows[text] for text in texts for _ in range(self.cfg.batch_size)]]
 
     @torch.no_grad()
     def trajectory(self, text: str, k: int, generator: torch.Generator) -> torch.Tensor:
         """``x_t`` after ``k`` guided DDIM steps of the frozen model from seeded noise (ESD's partial trajectory)."""
-        x = torch.randn(self.latent_shape, generator=generator).to(self.device, self.dtype)
+        x = torch.randn(self.latent_shape, generator=generator)[self.shard].to(self.device, self.dtype)
         x = x * self.scheduler.init_noise_sigma
-        pair = torch.cat([self._batch(""), self._batch(text)])
+        pair = self._batch("", text)
         for t in self.scheduler.timesteps[:k]:
             x_in = self.scheduler.scale_model_input(torch.cat([x, x]), t)
             eps_u, eps_c = self.teacher(x_in, t, pair).chunk(2)
@@ -178,7 +212,7 @@ class NegativeGuidanceObjective:
         preserved = (
             self.preserve[int(torch.randint(len(self.preserve), (1,), generator=generator))] if self.preserve else None
         )
-        with autocast(self.device, cfg.mixed_precision):
+        with autocast(self.device, cfg.mixed_precision, self.dtype):
             x_t = self.trajectory(text, k, generator)
             t = self.scheduler.timesteps[k]
             x_in = self.scheduler.scale_model_input(x_t, t)
@@ -205,14 +239,7 @@ def objective_value(
 ) -> float:
     """The negative-guidance loss of pipeline ``edited`` (its UNet call, with any edit applied) against the frozen
     ``base``, averaged over fixed draws: how far an edit has moved toward ESD's target, whatever method made it."""
-    objective = NegativeGuidanceObjective(
-        base,
-        lambda x, t, e: edited.unet(x, t, e).sample,
-        lambda x, t, e: base.unet(x, t, e).sample,
-        pairs,
-        [],
-        cfg,
-    )
+    objective = NegativeGuidanceObjective(base, ModelAdapter(edited).denoise, base.denoise, pairs, [], cfg)
     with torch.no_grad():
         return sum(objective.loss(step_generator(seed, d)).item() for d in draws) / len(draws)
 
@@ -225,13 +252,19 @@ def run_training(
     identity: dict[str, Any],
     description: str,
 ) -> dict[str, Any]:
-    """Optimise ``trainable`` (named tensors, grouped in ``param_groups`` for Adam) for ``cfg.steps`` steps.
+    """Optimise ``trainable`` (named float32 tensors, grouped in ``param_groups`` for Adam) for ``cfg.steps`` steps.
 
     With ``cfg.work_dir`` the loop resumes from ``checkpoint.pt`` there (refusing one written for another
-    ``identity``: method, config, concepts, base weights) and checkpoints every ``checkpoint_every`` steps and at the
-    end. Returns the training record stored in the edit's ``info``: steps, seconds, loss curve (mean per 10 steps).
+    ``identity``: method, config, concepts, base weights, number of processes) and checkpoints every
+    ``checkpoint_every`` steps and at the end (only process 0 writes). A float16 model's gradients are loss-scaled
+    (they underflow otherwise). Returns the training record stored in the edit's ``info``: steps, seconds, loss curve
+    (mean per 10 steps, over all processes).
     """
+    world = objective.world
+    if world > 1:
+        identity = {**identity, "processes": world}
     optimizer = torch.optim.Adam(param_groups)
+    scaler = torch.amp.GradScaler(objective.device.type, enabled=objective.dtype == torch.float16)
     state: dict[str, Any] = {"step": 0, "losses": [], "seconds": 0.0}
     path = Path(cfg.work_dir) / CHECKPOINT if cfg.work_dir else None
     if path is not None and path.exists():
@@ -240,34 +273,71 @@ def run_training(
             for name, tensor in trainable.items():
                 tensor.copy_(state["trainable"][name])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+    writes = path if objective.rank == 0 else None
     step, losses, window = state["step"], list(state["losses"]), []
     resumed_from, t0 = step, time.perf_counter()
-    with progress_bar(cfg.progress, TextColumn("loss {task.fields[loss]:.4f}")) as bar:
+    with progress_bar(cfg.progress and objective.rank == 0, TextColumn("loss {task.fields[loss]:.4f}")) as bar:
         task = bar.add_task(description, total=cfg.steps, completed=step, loss=float("nan"))
         while step < cfg.steps:
             loss = objective.loss(step_generator(cfg.seed, step))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            if world > 1:
+                loss = loss.detach()
+                grads = [t.grad for t in trainable.values() if t.grad is not None]
+                _average_over_processes([*grads, loss], world)
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             window.append(loss.item())
             if step % 10 == 0 or step == cfg.steps:
                 losses.append([step, sum(window) / len(window)])
                 window = []
             bar.update(task, advance=1, loss=losses[-1][1] if losses else window[-1])
-            if path is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            if writes is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 seconds = state["seconds"] + time.perf_counter() - t0
-                _save_checkpoint(path, step, trainable, optimizer, losses, seconds, identity)
+                _save_checkpoint(writes, step, trainable, optimizer, scaler, losses, seconds, identity)
     seconds = state["seconds"] + time.perf_counter() - t0
     return {"steps": step, "resumed_from": resumed_from, "seconds": round(seconds, 2), "losses": losses}
 
 
+def data_parallel(device: torch.device) -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` unless a launcher (``torchrun``, ``accelerate launch``)
+    set ``WORLD_SIZE`` > 1, in which case torch.distributed is initialised here unless the caller did (gloo on CPU,
+    nccl on CUDA, from the launcher's ``RANK`` / ``MASTER_ADDR`` environment). Every process must hold the same
+    model; on CUDA each on its own device, ``cuda:LOCAL_RANK``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and device.index != local:
+        raise ConfigError(
+            f"data-parallel process LOCAL_RANK={local} holds its model on {device}: load each process's model on "
+            f"cuda:{local}"
+        )
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _average_over_processes(values: Iterable[torch.Tensor], world: int) -> None:
+    """Average tensors in place over all processes. Each process's loss is the mean over its equal share of the
+    step's batch, so the averaged gradients are those of the whole batch's loss."""
+    for value in values:
+        dist.all_reduce(value)
+        value /= world
+
+
 def _save_checkpoint(path: Path, step: int, trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                     losses: list, seconds: float, identity: dict[str, Any]) -> None:  # fmt: skip
+                     scaler: torch.amp.GradScaler, losses: list, seconds: float,
+                     identity: dict[str, Any]) -> None:  # fmt: skip
     state = {
         "step": step,
         "trainable": {n: t.detach().cpu().clone() for n, t in trainable.items()},
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
         "losses": losses,
         "seconds": seconds,
         "identity": json.dumps(identity, sort_keys=True),
@@ -292,6 +362,51 @@ def run_identity(method: str, config: dict[str, Any], concepts: dict[str, Any], 
     """What a resumed run must share with the checkpoint: everything but the ``RESUMABLE`` fields."""
     return {"method": method, "config": {k: v for k, v in config.items() if k not in RESUMABLE},
             "concepts": concepts, "base": base}  # fmt: skip
+
+
+@contextlib.contextmanager
+def float32_copies(module: nn.Module, names: Sequence[str]) -> Iterator[dict[str, nn.Parameter]]:
+    """Inside the block ``module``'s parameters ``names`` are trainable float32 copies (yielded by name); on exit
+    the original parameters, untouched, are back.
+
+    Only the trained tensors need float32 master weights (bf16 rounds small Adam updates away, fp16 overflows):
+    the frozen rest of a half-precision model stays in its dtype (half the memory of upcasting the network) and
+    autocast runs the mixed forward in that dtype. The copies live in the module (not passed per call) so that
+    gradient checkpointing recomputes with them.
+    """
+    owners = {name: module.get_submodule(name.rpartition(".")[0]) for name in names}
+    originals = {name: getattr(owner, name.rpartition(".")[2]) for name, owner in owners.items()}
+    copies = {name: nn.Parameter(p.detach().to(torch.float32, copy=True)) for name, p in originals.items()}
+    try:
+        for name, owner in owners.items():
+            setattr(owner, name.rpartition(".")[2], copies[name])
+        yield copies
+    finally:
+        for name, owner in owners.items():
+            setattr(owner, name.rpartition(".")[2], originals[name])
+
+
+def _checkpoint(module: nn.Module, *args: Any) -> Any:
+    """diffusers' default checkpointing function (non-reentrant: frozen inputs and autocast are fine)."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(enabled: bool, *modules: nn.Module) -> Iterator[None]:
+    """With ``enabled``, every diffusers block inside ``modules`` (the UNet's, and the copies DuMo's EPR holds)
+    recomputes its activations in the backward pass, as ``ModelMixin.enable_gradient_checkpointing`` sets it up; each
+    block's previous setting is restored on exit."""
+    blocks = (
+        [m for module in modules for m in module.modules() if hasattr(m, "gradient_checkpointing")] if enabled else []
+    )
+    saved = [(m, m.gradient_checkpointing, getattr(m, "_gradient_checkpointing_func", None)) for m in blocks]
+    for block in blocks:
+        block.gradient_checkpointing, block._gradient_checkpointing_func = True, _checkpoint
+    try:
+        yield
+    finally:
+        for block, flag, func in saved:
+            block.gradient_checkpointing, block._gradient_checkpointing_func = flag, func
 
 
 @contextlib.contextmanager

@@ -19,10 +19,18 @@ import torch
 
 from ...concepts import ConceptSet
 from ...edits import Edit
-from ...models.adapter import ModelAdapter, tensors_fingerprint
+from ...models.adapter import Conditioning, ModelAdapter, tensors_fingerprint
 from ...validation import check_at_least
 from ..base import Method, register_method
-from ..training import NegativeGuidanceObjective, TrainingConfig, frozen, run_identity, run_training, training_pairs
+from ..training import (
+    NegativeGuidanceObjective,
+    TrainingConfig,
+    frozen,
+    gradient_checkpointing,
+    run_identity,
+    run_training,
+    training_pairs,
+)
 from ..uce import preserve_list
 from .modules import KIND, DuMoNetwork, TLMOMode, tap_channels
 
@@ -76,14 +84,13 @@ class DuMo(Method):
         cfg = self.settings()
         unet = model.unet
         timesteps = model.pipe.scheduler.config.num_train_timesteps
+        # the trained network in float32 (its master weights), the frozen UNet in its own dtype (autocast joins them)
         network = DuMoNetwork(unet, cfg.tlmo, cfg.tlmo_buckets, timesteps).to(unet.device, torch.float32)
 
-        def student(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-            down, mid = network.residuals(x, t, emb)
-            return unet(x, t, emb, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-
-        def teacher(x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-            return unet(x, t, emb).sample
+        def student(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+            kwargs = model.unet_kwargs(cond, x)
+            down, mid = network.residuals(x, t, **kwargs)
+            return unet(x, t, **kwargs, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
 
         pairs = training_pairs(concepts, cfg)
         config = self.edit_config(cfg)
@@ -99,10 +106,10 @@ class DuMo(Method):
             network.tlmo.scale.requires_grad_(False)
         else:
             groups.append({"params": [network.tlmo.scale], "lr": cfg.tlmo_lr})
-        with model.float32(), frozen(unet):  # float32 master weights also for a half-precision model
-            objective = NegativeGuidanceObjective(
-                model, student, teacher, pairs, preserve_list(concepts, cfg.preserve_empty), cfg
-            )
+        objective = NegativeGuidanceObjective(
+            model, student, model.denoise, pairs, preserve_list(concepts, cfg.preserve_empty), cfg
+        )
+        with frozen(unet), gradient_checkpointing(cfg.gradient_checkpointing, unet, network):
             record = run_training(objective, dict(network.named_parameters()), groups, cfg, identity, "DuMo")
         texts = list(dict.fromkeys(text for text, _ in pairs))
         gating = cfg.gating if cfg.gating is not None else all(c.kind != "explicit" for c in concepts)

@@ -4,15 +4,16 @@ DuMo: Dual encoder Modulation network (Han et al., AAAI 2025, arXiv 2501.01125).
 trainable copy of its encoder adds residuals to it (docs/methods/dumo.md, "What it does"):
 
 - **EPR** (Eraser with PRior knowledge): ``conv_in``, the time embedding, the down blocks and the mid block, copied
-  from the UNet, fed the same ``(x_t, t, text)`` as the UNet (both classifier-free-guidance halves). Each of its
-  feature taps (``conv_in``, every down-block ResNet/attention output and downsampler: the tensors the decoder reads
-  as skip connections; plus the mid-block output, as in the reference code although the paper names only skip
-  features) goes through a zero-initialised 1x1 conv and is *added* to the matching UNet tensor (diffusers'
-  ``down_block_additional_residuals`` and ``mid_block_additional_residual``, the ControlNet mechanism). At
-  initialisation the output is exactly SD's.
-- **TLMO** (Time-Layer MOdulation): a learnt table ``S`` of shape ``buckets x taps`` (20 x 13 on SD1.x), initialised
-  to ones; tap ``i`` at DDPM timestep ``t`` is scaled by ``S[floor(t / (1000 / buckets)), i]``. The author's
-  ablations ("time" only, "layer" only) are options.
+  from the UNet, fed the same ``(x_t, t, text)`` as the UNet (both classifier-free-guidance halves). On SDXL the
+  copy also holds the added (pooled text + size) embedding and reads the UNet's ``added_cond_kwargs``, as diffusers'
+  SDXL ControlNet does (docs/methods/dumo.md, "SDXL and SD2.x"). Each of its feature taps (``conv_in``, every
+  down-block ResNet/attention output and downsampler: the tensors the decoder reads as skip connections; plus the
+  mid-block output, as in the reference code although the paper names only skip features) goes through a
+  zero-initialised 1x1 conv and is *added* to the matching UNet tensor (diffusers' ``down_block_additional_residuals``
+  and ``mid_block_additional_residual``, the ControlNet mechanism). At initialisation the output is exactly SD's.
+- **TLMO** (Time-Layer MOdulation): a learnt table ``S`` of shape ``buckets x taps``, initialised to ones (13 taps on
+  SD1.x, 10 on SDXL); tap ``i`` at DDPM timestep ``t`` is scaled by ``S[floor(t / (1000 / buckets)), i]``. The
+  author's ablations ("time" only, "layer" only) are options.
 - **Prompt gate** (the reference's artist/cartoon inference): all residuals are multiplied by
   ``rho = facilitate_factor * max_j max(clipcos_j, tokenuni_j)``, with ``clipcos_j`` the cosine between the flattened
   77 x d text embeddings of the prompt and of erased concept ``j`` and ``tokenuni_j`` the share of ``j``'s word tokens
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -41,16 +43,20 @@ TLMOMode = Literal["time_layer", "time", "layer", "none"]
 
 
 def _check_layout(unet: nn.Module) -> None:
+    """Refuse UNets whose encoder takes conditioning the EPR does not copy (SDXL's ``text_time`` it does)."""
     cfg = unet.config
-    extras = [k for k in ("class_embed_type", "addition_embed_type", "time_cond_proj_dim") if cfg.get(k) is not None]
+    extras = [k for k in ("class_embed_type", "time_cond_proj_dim", "encoder_hid_dim_type") if cfg.get(k) is not None]
+    if cfg.get("addition_embed_type") not in (None, "text_time"):
+        extras.append(f"addition_embed_type={cfg.get('addition_embed_type')}")
     if extras or cfg.get("center_input_sample") or unet.time_embed_act is not None or unet.mid_block is None:
         raise ModelLayoutError(
-            f"DuMo copies an SD1.x/2.x UNet encoder; this UNet has extra conditioning ({', '.join(extras) or 'other'})"
+            "DuMo copies an SD1.x/2.x or SDXL UNet encoder; this UNet has extra conditioning "
+            f"({', '.join(extras) or 'other'})"
         )
 
 
 def tap_channels(unet: nn.Module) -> list[int]:
-    """Channels of the EPR's taps, in the UNet's skip order then the mid block (13 taps on SD1.x)."""
+    """Channels of the EPR's taps, in the UNet's skip order then the mid block (13 taps on SD1.x, 10 on SDXL)."""
     channels = [unet.conv_in.out_channels]
     for block in unet.down_blocks:
         channels += [resnet.out_channels for resnet in block.resnets]
@@ -72,6 +78,8 @@ class EPR(nn.Module):
         _check_layout(unet)
         self.time_proj = copy.deepcopy(unet.time_proj)
         self.time_embedding = copy.deepcopy(unet.time_embedding)
+        self.add_time_proj = copy.deepcopy(getattr(unet, "add_time_proj", None))  # SDXL's added conditioning
+        self.add_embedding = copy.deepcopy(getattr(unet, "add_embedding", None))
         self.conv_in = copy.deepcopy(unet.conv_in)
         self.down_blocks = copy.deepcopy(unet.down_blocks)
         self.mid_block = copy.deepcopy(unet.mid_block)
@@ -80,9 +88,15 @@ class EPR(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> list[torch.Tensor]:
-        """Tapped features for latents ``sample`` at timesteps ``t`` [B] with text embeddings ``text``."""
+    def forward(
+        self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """Tapped features for latents ``sample`` at timesteps ``t`` [B] with text embeddings ``text`` (and, on SDXL,
+        the UNet's ``added_cond_kwargs``: pooled ``text_embeds`` and size ``time_ids``)."""
         emb = self.time_embedding(self.time_proj(t).to(sample.dtype))
+        if self.add_embedding is not None:  # as UNet2DConditionModel.get_aug_embed for "text_time"
+            sizes = self.add_time_proj(added["time_ids"].flatten()).reshape(len(added["text_embeds"]), -1)
+            emb = emb + self.add_embedding(torch.cat([added["text_embeds"], sizes], dim=-1).to(emb.dtype))
         h = self.conv_in(sample)
         taps = [h]
         for block in self.down_blocks:
@@ -124,32 +138,46 @@ class DuMoNetwork(nn.Module):
         self.tlmo = TLMO(len(self.epr.zero_convs), tlmo, buckets, num_train_timesteps)
 
     def residuals(
-        self, sample: torch.Tensor, timestep: Any, text: torch.Tensor, rho: torch.Tensor | None = None
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        rho: torch.Tensor | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """(skip residuals, mid residual) for one UNet call: ``rho * S[bucket(t), i] * ZeroConv_i(EPR_i(...))``,
-        with ``rho`` one multiplier per batch row (None = 1)."""
+        """(skip residuals, mid residual) for one UNet call with these arguments (the UNet's names):
+        ``rho * S[bucket(t), i] * ZeroConv_i(EPR_i(...))``, with ``rho`` one multiplier per batch row (None = 1)."""
         t = batch_timesteps(timestep, sample)
         scale = self.tlmo(t) if rho is None else self.tlmo(t) * rho.to(t.device)[:, None]
-        out = [f * scale[:, i].view(-1, 1, 1, 1).to(f.dtype) for i, f in enumerate(self.epr(sample, t, text))]
+        features = self.epr(sample, t, encoder_hidden_states, added_cond_kwargs)
+        out = [f * scale[:, i].view(-1, 1, 1, 1).to(f.dtype) for i, f in enumerate(features)]
         return tuple(out[:-1]), out[-1]
 
 
 class PromptGate:
-    """The reference's prompt-match multiplier ``rho`` for erased concept texts (see the module docstring)."""
+    """The reference's prompt-match multiplier ``rho`` for erased concept texts (see the module docstring).
+
+    ``rho = factor * max_j max(clipcos_j, tokenuni_j) = factor * max(max_j clipcos_j, max_j tokenuni_j)``: the two
+    halves are computed where their inputs are (the rows at the UNet, the token ids at the text encoder)."""
 
     def __init__(self, embeddings: torch.Tensor, tokens: Sequence[Sequence[int]], factor: float) -> None:
         self.flat = embeddings.flatten(1).float()
         self.tokens = [set(t) for t in tokens]
         self.factor = factor
 
-    def rho(self, text: torch.Tensor, ids: torch.Tensor | None, specials: set[int]) -> torch.Tensor:
-        """rho per row of ``text`` [B, 77, d]; without token ids (embeddings given directly) clipcos alone."""
-        cos = F.cosine_similarity(text.flatten(1).float()[:, None].cpu(), self.flat[None], dim=-1)
-        if ids is not None:
-            rows = [set(r.tolist()) - specials for r in ids.cpu()]
-            uni = torch.tensor([[len(r & t) / max(len(t), 1) for t in self.tokens] for r in rows])
-            cos = torch.maximum(cos, uni)
-        return self.factor * cos.max(dim=1).values
+    def clipcos(self, text: torch.Tensor) -> torch.Tensor:
+        """Per row of ``text`` [B, 77, d]: the largest cosine to an erased concept's embeddings."""
+        return F.cosine_similarity(text.flatten(1).float()[:, None].cpu(), self.flat[None], dim=-1).max(dim=1).values
+
+    def tokenuni(self, ids: torch.Tensor, specials: set[int]) -> torch.Tensor:
+        """Per row of token ``ids``: the largest share of an erased concept's word tokens present in it."""
+        rows = [set(r.tolist()) - specials for r in ids.cpu()]
+        return torch.tensor([max(len(r & t) / max(len(t), 1) for t in self.tokens) for r in rows])
+
+    def rho(self, text: torch.Tensor, tokenuni: torch.Tensor) -> torch.Tensor:
+        """rho per row of ``text`` given each row's ``tokenuni`` (-inf where the tokens are unknown, e.g. for
+        prompts passed as embeddings: clipcos alone)."""
+        return self.factor * torch.maximum(self.clipcos(text), tokenuni)
 
 
 def share_across_cfg_halves(rho: torch.Tensor) -> torch.Tensor:
@@ -182,29 +210,31 @@ def attach_dumo(pipe: Any, tensors: dict[str, torch.Tensor], spec: dict[str, Any
     )
     tokenizer = pipe.tokenizer
     specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    seen: dict[bytes, float] = {}  # rho of every prompt the text encoder encoded while attached
+    width = pipe.text_encoder.config.hidden_size  # the UNet's rows begin with the (first) text encoder's output
+    shares: dict[bytes, float] = {}  # tokenuni of every prompt the text encoder encoded while attached
 
     def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         ids = args[0] if args else kwargs.get("input_ids")
         if ids is None:
             return
-        hidden = output[0]
-        if len(seen) > 1024:
-            seen.clear()
-        for row, value in zip(hidden, gate.rho(hidden, ids, specials).tolist(), strict=True):
-            seen[_row_key(row)] = value
+        if len(shares) > 1024:
+            shares.clear()
+        # what the pipeline passes on: the last layer (SD1.x/2.x) or, when it asks for all layers, the penultimate
+        # (SDXL's first half of each row)
+        layers = getattr(output, "hidden_states", None)
+        share = gate.tokenuni(ids, specials).tolist()
+        for hidden in [output[0], *([layers[-2]] if layers is not None else [])]:
+            for row, value in zip(hidden, share, strict=True):
+                shares[_row_key(row)] = value
 
     def add_residuals(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         names = ("sample", "timestep", "encoder_hidden_states")
-        values = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
-        sample, timestep, text = values
+        sample, timestep, text = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
         rho = None
         if gate is not None:
-            unknown = gate.rho(text, None, specials).tolist()
-            rho = share_across_cfg_halves(
-                torch.tensor([seen.get(_row_key(row), u) for row, u in zip(text, unknown, strict=True)])
-            )
-        down, mid = network.residuals(sample, timestep, text, rho)
+            known = torch.tensor([shares.get(_row_key(row[:, :width]), -math.inf) for row in text])
+            rho = share_across_cfg_halves(gate.rho(text, known))
+        down, mid = network.residuals(sample, timestep, text, kwargs.get("added_cond_kwargs"), rho=rho)
         if kwargs.get("down_block_additional_residuals") is not None:  # another DuMo edit (or a ControlNet) is on
             down = tuple(a + b for a, b in zip(kwargs["down_block_additional_residuals"], down, strict=True))
             mid = kwargs["mid_block_additional_residual"] + mid
@@ -217,6 +247,6 @@ def attach_dumo(pipe: Any, tensors: dict[str, torch.Tensor], spec: dict[str, Any
     def detach() -> None:
         for handle in handles:
             handle.remove()
-        seen.clear()
+        shares.clear()
 
     return detach
