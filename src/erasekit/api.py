@@ -10,6 +10,7 @@ import torch
 
 from .concepts import ConceptSet, RunConfig
 from .edits import Edit
+from .launch import process_device
 from .methods import get_method
 from .models import ModelAdapter, load_pipeline
 from .models.loading import DTYPES
@@ -44,7 +45,7 @@ def run_config(config: RunConfig) -> Edit:
     """Fit the edit a :class:`RunConfig` describes (seeded for determinism)."""
     estimator = get_method(config.method)(config.params)  # validate params before loading the model
     torch.manual_seed(config.seed)
-    pipe = load_pipeline(config.model, dtype=DTYPES[config.dtype], device=config.device)
+    pipe = load_pipeline(config.model, dtype=DTYPES[config.dtype], device=process_device(config.device))
     edit = estimator.fit(ModelAdapter(pipe), config.concept_set)
     edit.info.setdefault("model", config.model)
     return edit

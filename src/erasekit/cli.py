@@ -154,11 +154,14 @@ def erase(
     check_output(path, overwrite)  # before the fit, not after it
 
     from .api import run_config
+    from .launch import process_rank
 
     concepts = ", ".join(c.text for c in run.concept_set)
     start = time.perf_counter()
     with status_console.status(f"Erasing {escape(concepts)} from {escape(run.model)} with {run.method}..."):
         edit = run_config(run)
+        if process_rank()[0] != 0:  # a data-parallel fit: every process holds the same edit, the first writes it
+            return
         edit.save(path, overwrite=overwrite)
     elapsed = time.perf_counter() - start
     console.print(

@@ -15,7 +15,6 @@ Re-running the same config regenerates nothing: images are looked up by content 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from PIL import Image
 
 from ..edits import Edit
 from ..errors import ConfigError
+from ..launch import process_device, process_rank
 from ..validation import check_device, from_dict, from_yaml, to_dict
 from .metrics import METRICS, Metric, Variant
 from .metrics.base import load_classifier, missing_classifier
@@ -43,7 +43,6 @@ from .sampling import (
     native_size,
     pipeline_fingerprint,
     sample_batch,
-    shard,
     wait_for,
 )
 
@@ -200,12 +199,9 @@ def open_run(
         rows += found
     if check is not None:
         check(edits, rows)
-    rank, world = shard()
+    rank, world = process_rank()
     if pipe is None:
-        device = settings.device
-        if world > 1 and device == "cuda":  # one GPU per process
-            device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-        pipe = load_pipeline(settings.model, dtype=DTYPES[settings.dtype], device=device)
+        pipe = load_pipeline(settings.model, dtype=DTYPES[settings.dtype], device=process_device(settings.device))
     for edit in edits.values():
         edit.remove(edit.apply(pipe))
     cache = ImageCache(settings.cache_dir or cache_dir() / "images")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -172,17 +171,6 @@ def before_after(
     finally:
         edit.remove(pipe)
     return [sample_batch(pipe, [spec])[0] for spec in specs], erased
-
-
-def shard() -> tuple[int, int]:
-    """(rank, world size) of this process under ``accelerate launch`` / ``torchrun``; (0, 1) otherwise."""
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ConfigError("RANK and WORLD_SIZE must be integers") from None
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"invalid process rank {rank} of world size {world}")
-    return rank, world
 
 
 def generate(

@@ -50,6 +50,7 @@ from torch import nn
 from ..concepts import ConceptSet
 from ..errors import ConfigError
 from ..io import atomic_file
+from ..launch import process_rank
 from ..models.adapter import Conditioning, ModelAdapter
 from ..progress import progress_bar
 from ..validation import Seed, check_at_least
@@ -308,7 +309,7 @@ def data_parallel(device: torch.device) -> tuple[int, int]:
     set ``WORLD_SIZE`` > 1, in which case torch.distributed is initialised here unless the caller did (gloo on CPU,
     nccl on CUDA, from the launcher's ``RANK`` / ``MASTER_ADDR`` environment). Every process must hold the same
     model; on CUDA each on its own device, ``cuda:LOCAL_RANK``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world = process_rank()
     if world <= 1:
         return 0, 1
     local = int(os.environ.get("LOCAL_RANK", "0"))
