@@ -51,6 +51,7 @@ from closed_form import build_sd15_pipeline, machine, resident_kib, resident_tot
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
+from sdxl import SDXL_UNET
 
 from erasekit.concepts import ConceptSet
 from erasekit.edits import Edit
@@ -71,24 +72,13 @@ ERASURE_METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
 }
 
 
-SDXL_UNET = dict(
-    block_out_channels=(320, 640, 1280), layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-    cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)  # fmt: skip
-"""SDXL base's UNet (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json): 2.57 B parameters."""
-
-
 def build_sdxl_pipeline(latent: int, dtype: torch.dtype) -> StableDiffusionXLPipeline:
     """SDXL base's architecture with random weights created directly in ``dtype``: the UNet, CLIP ViT-L and OpenCLIP
     bigG text encoders, SD's VAE. ``latent`` is the UNet's sample size, i.e. the training resolution / 8."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        unet = UNet2DConditionModel(sample_size=latent, **SDXL_UNET)
+        unet = UNet2DConditionModel(**{**SDXL_UNET, "sample_size": latent})
         vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)  # fmt: skip
         text_encoder = clip_text_encoder(768, num_layers=12, num_heads=12, intermediate_size=3072)

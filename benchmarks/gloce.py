@@ -1,23 +1,31 @@
-"""What GLoCE costs on an SD1.5-size model: inference overhead of 1, 10 and 100 concept modules, and fitting time.
+"""What GLoCE costs on an SD1.5-size or SDXL model: inference overhead of 1, 10 and 100 concept modules, fitting time.
 
 Inference: the full SD1.x UNet (860 M parameters, random weights; ``closed_form.build_sd15_pipeline``) runs one
-denoising step of a 512 px image with classifier-free guidance (batch 2, 64x64 latents, 77 x 768 text tokens, fp32,
-CPU), with and without K stacked GLoCE modules (rank 2, gate rank 1, SD1.x's 16 cross-attention outputs) attached
-through the real ``gloce`` attach function. Two gate states bound the cost: ``shut`` (every gate below threshold:
-a prompt without the concept, the common case; only the scores are computed) and ``open`` (every token gated: the
-worst case, the replacement is computed for all 2 x 5,440 tokens per step). Random modules cost exactly what fitted
-ones do (same shapes, same code path). Overhead is reported two ways: the time spent inside the hooks (summed with
-``perf_counter``) over the fastest base step and over the rest of the same edited step (robust on a busy machine, where
-whole steps vary by 2x: hooks and UNet saw the same load), and end-to-end (fastest edited step over fastest base
-step, ``--repeat`` steps each; noisy on a shared machine). The target is checked on the larger hook ratio.
+denoising step of a 512 px image with classifier-free guidance (batch 2, 64x64 latents, the text encoder's rows of
+"" and a prompt, fp32, CPU), with and without K stacked GLoCE modules (rank 2, gate rank 1, SD1.x's 16
+cross-attention outputs) attached through the real ``gloce`` attach function. Two gate states bound the cost:
+``shut`` (every gate below threshold: a prompt without the concept, the common case; only the scores are computed)
+and ``open`` (every token gated: the worst case, the replacement is computed for all 2 x 5,440 tokens per step).
+Random modules cost exactly what fitted ones do (same shapes, same code path). Overhead is reported two ways: the
+time spent inside the hooks (summed with ``perf_counter``) over the fastest base step and over the rest of the same
+edited step (robust on a busy machine, where whole steps vary by 2x: hooks and UNet saw the same load), and
+end-to-end (fastest edited step over fastest base step, ``--repeat`` steps each; noisy on a shared machine). The
+target is checked on the larger hook ratio.
+
+``--model sdxl``: SDXL base's UNet at full size with random weights (2.57 B parameters, fp32, ~10 GB: run it under
+the full-SDXL lock, ``flock /tmp/erasekit-full-sdxl.lock``) and 70 cross-attention outputs; the text encoders are
+SDXL's widths (768 + 1280, pooled 1280) with one layer each, since only the UNet step is timed. The step takes the
+pooled and size conditioning through the adapter (``ModelAdapter.denoise``), as the pipeline does.
 
 Fitting (per concept, celebrity preset: 27 partial generations of 21 of 50 steps): the UNet evaluations a fit needs,
 the measured cost of one UNet evaluation, of recording one image-step of statistics (multi-scale pooled moments at
-16 layers, float64) and of the closed form (16 eigen-decompositions of up to 1280 x 1280) give an *estimate* for
-SD1.5 on this CPU; the measured fit time on the benchmark world comes from the world runs (docs/methods/gloce.md).
+every cross-attention output, float64) and of the closed form (three eigen-decompositions per layer, of up to 1280 x
+1280) give an *estimate* for the model on this CPU; the measured fit time on the benchmark world comes from the
+world runs (docs/methods/gloce.md).
 
     python benchmarks/gloce.py              # K = 1, 10, 100: 7 UNet steps (~1-2 min each on one busy CPU core)
     python benchmarks/gloce.py --latent 32  # 256 px: ~4x faster, a slightly pessimistic ratio
+    flock /tmp/erasekit-full-sdxl.lock python benchmarks/gloce.py --model sdxl --sizes 100  # 512 px SDXL step
 """
 
 from __future__ import annotations
@@ -30,15 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from closed_form import build_sd15_pipeline, machine
+from sdxl import SDXL_UNET
 
 from erasekit.methods.gloce.core import Moments, pooled_tokens, top_eigenvectors
 from erasekit.methods.gloce.modules import attach
 from erasekit.models import ModelAdapter
+from erasekit.models.build import assemble_sdxl_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
 
 RANK, GATE_RANK = 2, 1
@@ -88,20 +99,36 @@ class HookTimer:
             h.remove()
 
 
+def build_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL base's UNet at full size (random weights, fp32); one-layer text encoders of SDXL's widths; a tiny VAE."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SDXL_UNET).eval()
+    text_encoder = clip_text_encoder(768, num_layers=1, num_heads=12, intermediate_size=3072)
+    text_encoder_2 = clip_text_encoder(1280, num_layers=1, num_heads=20, intermediate_size=5120, projection_dim=1280)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    return assemble_sdxl_pipeline(vae, unet, text_encoder.eval(), text_encoder_2.eval())
+
+
 @torch.no_grad()
-def unet_step(pipe, inputs: dict[str, torch.Tensor]) -> float:
+def unet_step(model: ModelAdapter, inputs: dict[str, Any]) -> float:
     start = time.perf_counter()
-    pipe.unet(inputs["sample"], inputs["t"], encoder_hidden_states=inputs["text"], return_dict=False)
+    model.denoise(inputs["sample"], inputs["t"], inputs["cond"])
     return time.perf_counter() - start
 
 
-def step_inputs(latent: int, t: int, seed: int = 1) -> dict[str, torch.Tensor]:
-    """A CFG batch (2 images) of latents, a timestep and random 77 x 768 text tokens."""
+def step_inputs(model: ModelAdapter, latent: int, t: int, seed: int = 1) -> dict[str, Any]:
+    """A CFG batch (2 images) of latents, a timestep and the model's conditioning of "" and a prompt."""
     g = torch.Generator().manual_seed(seed)
     return {
         "sample": torch.randn(2, 4, latent, latent, generator=g),
         "t": torch.tensor(t),
-        "text": torch.randn(2, 77, 768, generator=g),
+        "cond": model.conditioning(["", "a photo of a dog"]),
     }
 
 
@@ -113,14 +140,14 @@ def overhead(
     Also returns the conditional half of every cross-attention output of the first base step (the statistics a fit
     records) and the fastest base step, for :func:`fitting_costs`.
     """
-    inputs = step_inputs(latent, 500)
+    inputs = step_inputs(model, latent, 500)
     captured: list[torch.Tensor] = []
     handles = [layer.to_out.register_forward_hook(lambda _m, _i, out: captured.append(out[1:])) for layer in
                model.layers]  # fmt: skip
-    base_times = [unet_step(pipe, inputs)]
+    base_times = [unet_step(model, inputs)]
     for h in handles:
         h.remove()
-    base_times += [unet_step(pipe, inputs) for _ in range(repeat - 1)]
+    base_times += [unet_step(model, inputs) for _ in range(repeat - 1)]
     base = min(base_times)
     console.print(f"base step {base:.1f} s")
     rows = []
@@ -132,7 +159,7 @@ def overhead(
                 detach = attach(pipe, *modules)
                 timer = HookTimer(model)
                 try:
-                    edited.append(unet_step(pipe, inputs))
+                    edited.append(unet_step(model, inputs))
                     hooks.append(timer.seconds)
                 finally:
                     timer.close()
@@ -151,7 +178,7 @@ def overhead(
 
 
 def fitting_costs(captured: list[torch.Tensor], unet_eval: float) -> dict[str, float]:
-    """Measured parts of one SD1.5 fit: recording one image-step of statistics and the closed form; an estimate."""
+    """Measured parts of one fit: recording one image-step of statistics and the closed form; an estimate."""
     moments = [Moments(x.shape[-1]) for x in captured]
     start = time.perf_counter()
     for m, x in zip(moments, captured, strict=True):
@@ -174,8 +201,8 @@ def fitting_costs(captured: list[torch.Tensor], unet_eval: float) -> dict[str, f
     }
 
 
-def print_table(console: Console, rows: list[dict[str, Any]], latent: int) -> None:
-    table = Table(title=f"GLoCE inference overhead on one SD1.5-size UNet step (batch 2, {latent}x{latent}, fp32, CPU)")
+def print_table(console: Console, rows: list[dict[str, Any]], latent: int, name: str) -> None:
+    table = Table(title=f"GLoCE inference overhead on one {name} UNet step (batch 2, {latent}x{latent}, fp32, CPU)")
     for name in ("concepts", "gates", "base s", "edited s", "in hooks s", "hooks/base", "hooks/own", "end-to-end"):
         table.add_column(name, justify="right")
     for r in rows:
@@ -197,17 +224,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100], help="numbers of concept modules")
     parser.add_argument("--repeat", type=int, default=1, help="steps per case; the fastest is kept")
     parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px images)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gloce.json"))
+    parser.add_argument("--model", choices=["sd15", "sdxl"], default="sd15", help="SD1.5-size or SDXL base UNet")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/gloce.json (sd15), gloce_sdxl.json")
     args = parser.parse_args(argv)
+    out = args.out or Path(f"benchmarks/results/gloce{'_sdxl' if args.model == 'sdxl' else ''}.json")
 
     quiet_libraries()
     console = Console()
-    pipe = build_sd15_pipeline()
+    pipe = build_sdxl_pipeline() if args.model == "sdxl" else build_sd15_pipeline()
     model = ModelAdapter(pipe)
     n_params = sum(p.numel() for p in pipe.unet.parameters())
-    console.print(f"SD1.5-size UNet: {n_params / 1e6:.0f} M parameters, {len(model.layers)} cross-attention outputs")
+    name = {"sd15": "SD1.5-size", "sdxl": "SDXL base"}[args.model]
+    console.print(f"{name} UNet: {n_params / 1e6:.0f} M parameters, {len(model.layers)} cross-attention outputs")
     rows, captured, base = overhead(pipe, model, args.sizes, args.repeat, args.latent, console)
-    print_table(console, rows, args.latent)
+    print_table(console, rows, args.latent, name)
+    del pipe, model  # the fit estimate needs only the recorded outputs
     fit = fitting_costs(captured, base)
     console.print(
         f"fit, per concept (celebrity preset, estimate): {fit['unet_evals_batch2']} UNet evaluations x "
@@ -220,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "benchmark": "gloce",
         "machine": machine(),
-        "model": {"unet_params": n_params, "layers": len(model.layers), "dtype": "float32"},
+        "model": {"name": args.model, "unet_params": n_params, "layers": len(captured), "dtype": "float32"},
         "settings": {
             "sizes": args.sizes,
             "repeat": args.repeat,
@@ -233,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         "fitting": fit,
         "target_holds": holds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ Two settings, CPU unless a GPU is given with ``--device cuda``:
   ``closed_form.py``): stage 1 on the concepts' template pairs; stage 3 on their template prompts with random rank-1
   LoRAs standing in for trained ones (stage 2 on SD1.5 needs a GPU and real weights to mean anything). The point is
   the closed forms' cost and that stage 3's memory stays flat in the number of concepts.
+* ``sdxl``: stage 3 on SDXL base's 140 K/V matrices (shapes from its UNet built on the meta device: ``sdxl.py``'s
+  config), with random 2048-d rows standing in for each concept's encoded template prompts (``templates`` x 77 rows;
+  the text encoders add time to this stage, not memory) and random rank-1 LoRAs; the shared solve runs once, at the
+  largest size (its inputs have the same shapes at every size). Run it under the full-SDXL lock (~9 GB):
+  ``flock /tmp/erasekit-full-sdxl.lock python benchmarks/mace.py --settings sdxl``.
 
 Peak memory is the process's peak resident set during a stage minus its resident set before it (Linux: the
 high-water mark is reset through ``/proc/self/clear_refs``), taken as the maximum over the stage's calls (stage 2:
@@ -24,21 +29,24 @@ import ctypes
 import json
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from closed_form import build_sd15_pipeline, machine, read_names, resident_kib
+from sdxl import KV_SHAPES, SDXL_UNET
 
 import erasekit.methods.mace.method as mace
 from erasekit.concepts import Concept, ConceptSet
+from erasekit.linalg import gram
 from erasekit.methods.mace.fusion import FusionAccumulator
 from erasekit.methods.mace.lora import ConceptLoRA
 from erasekit.methods.mace.prompts import prompt_pairs
@@ -140,6 +148,37 @@ def sd15_run(pipe, n: int, templates: int, prior_captions: int, device: str) -> 
     return {"seconds": dict(meter.seconds), "peak_mib": dict(meter.peak_mib), "fusion_state_mib": acc.nbytes() / 2**20}
 
 
+def sdxl_kv_shapes() -> dict[str, tuple[int, int]]:
+    """SDXL base's K/V weight shapes by state-dict name, from its UNet built on the meta device (no memory)."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_UNET)
+    attn2 = [(name, module) for name, module in unet.named_modules() if name.endswith("attn2")]
+    shapes = {f"{name}.{proj}.weight": tuple(getattr(module, proj).weight.shape)
+              for name, module in attn2 for proj in ("to_k", "to_v")}  # fmt: skip
+    if Counter(shapes.values()) != KV_SHAPES:
+        raise SystemExit(f"not SDXL base's K/V layout: {dict(Counter(shapes.values()))}")
+    return shapes
+
+
+def sdxl_fusion_run(shapes: dict[str, tuple[int, int]], n: int, templates: int, solve: bool) -> dict[str, Any]:
+    """Stage 3 on SDXL's K/V shapes: n concepts of random rows and rank-1 LoRAs, then (if ``solve``) the solve."""
+    g = torch.Generator().manual_seed(0)
+    d = next(iter(shapes.values()))[1]
+    meter = StageMeter("cpu")
+    with meter.stage("stage 3 statistics"):
+        acc = FusionAccumulator(shapes)
+        for _ in range(n):
+            factors = {k: (1e-3 * torch.randn(out, 1, generator=g), torch.randn(1, d, generator=g))
+                       for k, (out, _) in shapes.items()}  # fmt: skip
+            acc.add(torch.randn(templates * 77, d, generator=g), ConceptLoRA("c", factors))
+    if solve:
+        weights = {k: 0.02 * torch.randn(shape, generator=g) for k, shape in shapes.items()}
+        preserve = 1e-4 * gram(torch.randn(4 * d, d, generator=g))
+        with meter.stage("stage 3 solve"):
+            acc.solve(weights, weights, preserve, 0.0)
+    return {"seconds": dict(meter.seconds), "peak_mib": dict(meter.peak_mib), "fusion_state_mib": acc.nbytes() / 2**20}
+
+
 def print_table(console: Console, title: str, rows: list[dict[str, Any]]) -> None:
     stages = sorted({s for r in rows for s in r["seconds"]})
     table = Table(title=title)
@@ -156,9 +195,9 @@ def print_table(console: Console, title: str, rows: list[dict[str, Any]]) -> Non
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", nargs="+", default=["world", "sd15"], choices=["world", "sd15"])
+    parser.add_argument("--settings", nargs="+", default=["world", "sd15"], choices=["world", "sd15", "sdxl"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100])
-    parser.add_argument("--templates", type=int, default=30, help="template prompts per concept (sd15)")
+    parser.add_argument("--templates", type=int, default=30, help="template prompts per concept (sd15, sdxl)")
     parser.add_argument("--prior-captions", type=int, default=200, help="COCO captions in the prior (sd15)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mace.json"))
@@ -181,6 +220,14 @@ def main(argv: list[str] | None = None) -> None:
             console.print(f"sd15 n={n}: {rows[-1]['seconds']}")
         print_table(console, f"MACE stages 1 and 3 on SD1.5-size random weights ({args.device})", rows)
         report["sd15"] = rows
+    if "sdxl" in args.settings:
+        shapes = sdxl_kv_shapes()
+        rows = []
+        for n in args.sizes:
+            rows.append({"concepts": n, **sdxl_fusion_run(shapes, n, args.templates, solve=n == max(args.sizes))})
+            console.print(f"sdxl n={n}: {rows[-1]['seconds']}, {rows[-1]['peak_mib']}")
+        print_table(console, "MACE stage 3 on SDXL base's 140 K/V matrices (random rows and LoRAs, CPU)", rows)
+        report["sdxl"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {args.out}")

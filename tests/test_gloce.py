@@ -8,12 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import EulerDiscreteScheduler
 from helpers import sample_image
 
 from erasekit import Edit, load_edit, load_pipeline
 from erasekit.concepts import Concept, ConceptSet
 from erasekit.errors import ConfigError
 from erasekit.methods import get_method
+from erasekit.methods.gloce import statistics
 from erasekit.methods.gloce.core import (
     GateBasis,
     LayerModules,
@@ -27,6 +29,7 @@ from erasekit.methods.gloce.core import (
 )
 from erasekit.methods.gloce.method import GLoCE, merge_edits
 from erasekit.methods.gloce.roles import TextSimilarity, resolve_roles
+from erasekit.methods.gloce.statistics import TokenMoments
 from erasekit.models import ModelAdapter
 
 TINY = {"sampling_steps": 5, "guidance": 5.0, "seeds": 2, "progress": False}
@@ -302,3 +305,53 @@ def test_world_localized_erasure_removes_the_church_and_keeps_the_fish():
     right = classifiers.predict(images[:6], "scene_right")
     assert left.count("church") <= 1  # base model: 6/6 churches on the left
     assert right.count("fish") >= 5 and classifiers.predict(images[6:], "object").count("fish") >= 3
+
+
+# ------------------------------------------------------------------------------------------------ SDXL and SD2.x
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' Euler with numpy 2
+@pytest.mark.parametrize("spec", ["erasekit:tiny-xl", "erasekit:tiny-sd2"])
+def test_gloce_fits_applies_saves_and_removes_exactly_on_sdxl_and_sd2(spec, tmp_path):
+    """Modules on every cross-attention output (SDXL: two transformer layers per block, none in the first level),
+    fitted through the family's own pipeline (SDXL: with SDXL base's Euler scheduler, float timesteps)."""
+    pipe = load_pipeline(spec)
+    if spec.endswith("xl"):
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    model = ModelAdapter(pipe)
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    original = sample_image(pipe, "a photo of dog")
+    edit = GLoCE(**TINY).fit(model, ConceptSet.build([Concept("dog", kind="object")], ["a cat", "a tree"]))
+    assert all(torch.equal(state[k], v) for k, v in pipe.unet.state_dict().items()), "fit must not modify"
+    assert edit.module_spec["layers"] == [layer.name for layer in model.layers] and edit.info["family"] == model.family
+    for layer in model.layers:
+        assert edit.modules[f"{layer.name}/A"].shape[1] == layer.to_out.out_features
+    _set_centres(edit, 2.0)  # every gate shut: the pipeline's own images, bit for bit
+    edit.apply(pipe)
+    assert np.array_equal(sample_image(pipe, "a photo of dog"), original)
+    edit.remove(pipe)
+    _set_centres(edit, -1.0)  # every gate open
+    edit.apply(pipe)
+    edited = sample_image(pipe, "a photo of dog")
+    edit.remove(pipe)
+    assert not np.array_equal(edited, original)
+    assert np.array_equal(sample_image(pipe, "a photo of dog"), original)
+    assert not pipe.unet._forward_pre_hooks and all(not layer.to_out._forward_hooks for layer in model.layers)
+    loaded = load_edit(pipe, edit.save(tmp_path / "gloce.safetensors"))
+    assert np.array_equal(sample_image(pipe, "a photo of dog"), edited)
+    loaded.remove(pipe)
+    assert np.array_equal(sample_image(pipe, "a photo of dog"), original)
+
+
+def test_moment_cache_is_bounded_in_bytes_and_a_call_keeps_its_own_prompts(monkeypatch):
+    """At SDXL size one prompt's moments are ~820 MB: the cache is bounded in bytes as well as prompts, and a call
+    whose prompts alone exceed the bound still merges all of them."""
+    model = ModelAdapter(load_pipeline("erasekit:tiny-xl"))
+    run = GLoCE(**TINY).settings()
+    prompts, window = ["a photo of dog", "a photo of cat", "a photo of car"], (0.2, 0.4, 2)
+    unbounded = TokenMoments(model, run)(prompts, window)
+    bounded = TokenMoments(model, run)
+    one_prompt = sum(layer.to_out.out_features * (layer.to_out.out_features + 1) * 8 for layer in model.layers)
+    monkeypatch.setattr(statistics, "MOMENT_CACHE_BYTES", one_prompt)
+    merged = bounded(prompts, window)
+    assert [key[0] for key in bounded.cache] == ["a photo of car"] and bounded.nbytes() == one_prompt
+    for a, b in zip(merged, unbounded, strict=True):
+        assert a.count == b.count and torch.equal(a.outer, b.outer) and torch.equal(a.total, b.total)

@@ -4,16 +4,21 @@ behaves like every other edit."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from helpers import sample_image
 
 from erasekit import ConceptSet
 from erasekit.concepts import Concept
 from erasekit.edits import Edit
-from erasekit.errors import ConfigError, ModelLayoutError, NumericalError
-from erasekit.linalg import gram
+from erasekit.errors import ConfigError, ModelLayoutError, NumericalError, TokenizationError
+from erasekit.linalg import gram, ridge_solve
 from erasekit.methods import MACE, get_method
+from erasekit.methods.mace import fusion
+from erasekit.methods.mace.attention import cross_attention_probes, side
 from erasekit.methods.mace.fusion import FusionAccumulator
 from erasekit.methods.mace.lora import (
     ConceptLoRA,
@@ -31,6 +36,8 @@ from erasekit.methods.mace.prompts import TEMPLATES, prompt_pairs
 from erasekit.methods.mace.refine import (
     REFERENCE_CAPTIONS,
     align_tokens,
+    cached_text_gram,
+    cfr_positions,
     cfr_statistics,
     prior_gram,
     refine_transform,
@@ -45,6 +52,14 @@ from erasekit.sources import CAPTIONS, IMAGES, MASKS
 def model(tiny_path):
     """One tiny pipeline for the whole module: every MACE call below leaves the model as it found it (checked)."""
     return ModelAdapter(load_pipeline(tiny_path))
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])
+def family_model(request, tiny_path):
+    """The tiny pipeline of each family: SD1.x; SD2.x (padding "!", v-prediction, linear projections); SDXL (two
+    encoders, pooled and size conditioning, a first level without attention, two transformer layers per block)."""
+    spec = {"sd1": tiny_path, "sd2": "erasekit:tiny-sd2", "sdxl": "erasekit:tiny-xl"}[request.param]
+    return ModelAdapter(load_pipeline(spec))
 
 
 QUICK = dict(templates=3, images_per_concept=2, sampling_steps=2, steps=3, prior_captions=0, progress=False)
@@ -70,7 +85,7 @@ def _cfr_rows(model, concepts, n_templates):
     for concept in concepts:
         old, new = prompt_pairs(concept, n_templates)
         for a, b in zip(old, new, strict=True):
-            i_old, i_new = align_tokens(unpadded_ids(model, a), unpadded_ids(model, b), model.max_length)
+            i_old, i_new = align_tokens(unpadded_ids(model.tokenizer, a), unpadded_ids(model.tokenizer, b), 77)
             C.append(model.encode([a])[0, i_old])
             G.append(model.encode([b])[0, i_new])
     return torch.cat(C).double(), torch.cat(G).double()
@@ -101,16 +116,23 @@ def test_stage1_without_ridge_on_too_few_texts_is_refused(model):
         refine_transform(S_cc, S_gc, 0.3 * text_gram(model, ["a red car", "a tree", "", "a house"]), 0.0)
 
 
-def test_stage1_keeps_the_prefix_rows_and_remaps_the_suffix(model):
+def test_stage1_remaps_the_rows_after_the_concept_and_the_padding_whatever_its_token(family_model):
+    """EOS pads SD1.x; "!" pads SD2.x and SDXL's second encoder. Either way the padding rows carry the prompt (the
+    text encoder is causal and unmasked), differ between the concept and surrogate prompts, and are remapped."""
+    model = family_model
     concept = Concept("dog")
     S_cc, S_gc = cfr_statistics(model, [concept], 30)
     T = refine_transform(S_cc, S_gc, torch.zeros_like(S_cc), 1e-3)
     old, new = prompt_pairs(concept, 30)
     e_old, e_new = model.encode([old[9]]).double()[0], model.encode([new[9]]).double()[0]  # "A photo of {}"
-    i_old, i_new = align_tokens(unpadded_ids(model, old[9]), unpadded_ids(model, new[9]), 77)
-    before = (e_old[i_old] - e_new[i_new]).norm()
-    after = (e_old[i_old] @ T.T - e_new[i_new]).norm()
-    assert after < 0.5 * before
+    i_old, i_new = cfr_positions(model, old[9], new[9])
+    n_old = len(unpadded_ids(model.tokenizer, old[9]))
+    assert i_old[-(77 - n_old) :] == list(range(n_old, 77))  # every padding position is paired
+    for rows in (slice(None), slice(-(77 - n_old), None)):  # all aligned rows, then the padding rows alone
+        before = (e_old[i_old][rows] - e_new[i_new][rows]).norm()
+        after = (e_old[i_old][rows] @ T.T - e_new[i_new][rows]).norm()
+        assert before > 0.02 * e_new[i_new][rows].norm()
+        assert after < 0.5 * before
 
 
 def test_preservation_scale_is_squared_only_in_reference_mode():
@@ -164,6 +186,25 @@ def test_stage3_solution_satisfies_its_normal_equations():
         assert grad.abs().max() < 1e-9
 
 
+def test_stage3_solves_large_models_in_chunks_with_the_same_solution(monkeypatch):
+    """SDXL's 140 matrices are solved in chunks of right-hand sides; the chunks share the one system."""
+    g = torch.Generator().manual_seed(2)
+    shapes = {"a": (4, 6), "b": (9, 6), "c": (3, 6)}
+    weights = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    acc = FusionAccumulator(shapes)
+    for _ in range(2):
+        acc.add(torch.randn(5, 6, generator=g), _random_lora(g, shapes))
+    preserve = gram(torch.randn(8, 6, generator=g, dtype=torch.float64))
+    whole = acc.solve(weights, weights, preserve, 0.5)
+    monkeypatch.setattr(fusion, "SOLVE_CHUNK_BYTES", 8 * 6 * 5)  # at most 5 rows a chunk: a | b | c
+    solves = []
+    monkeypatch.setattr(fusion, "ridge_solve", lambda rhs, *args: solves.append(len(rhs)) or ridge_solve(rhs, *args))
+    chunked = acc.solve(weights, weights, preserve, 0.5)
+    assert solves == [4, 9, 3]
+    for name in shapes:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-12)
+
+
 def test_stage3_memory_does_not_grow_with_the_number_of_concepts():
     g = torch.Generator().manual_seed(1)
     shapes = {f"w{i}": (64, 32) for i in range(8)}
@@ -186,7 +227,7 @@ def test_cfis_concentrates_on_200_to_400():
 
 def _stage2_inputs(model, concept):
     old, _ = prompt_pairs(concept, 3)
-    embeddings = model.encode(old)
+    embeddings = model.conditioning(old)
     seeds = [0, 1]
     images = model_images(model, concept, seeds, sampling_steps=2, guidance=7.5, size=16)
     return old, embeddings, encode_images(model, images), images
@@ -207,7 +248,8 @@ def _fixed_loss(model, concept, prompts, embeddings, posterior, settings, delta=
     return total
 
 
-def test_stage2_lowers_the_attention_loss_and_leaves_the_unet_as_it_was(model):
+def test_stage2_lowers_the_attention_loss_and_leaves_the_unet_as_it_was(family_model):
+    model = family_model
     concept = Concept("dog")
     prompts, embeddings, posterior, _ = _stage2_inputs(model, concept)
     settings = LoRASettings(steps=25, learning_rate=3e-2)
@@ -225,7 +267,8 @@ def test_stage2_lowers_the_attention_loss_and_leaves_the_unet_as_it_was(model):
     assert after < 0.8 * before
 
 
-def test_stage2_is_deterministic_for_a_seed(model):
+def test_stage2_is_deterministic_for_a_seed(family_model):
+    model = family_model
     concept = Concept("dog")
     prompts, embeddings, posterior, images = _stage2_inputs(model, concept)
     masks = AttentionMasks()(model, concept, images, [0, 1])
@@ -252,11 +295,11 @@ def test_fusing_one_lora_without_preservation_reproduces_its_outputs(model):
                               LoRASettings(steps=3, learning_rate=1e-2), seed=0)  # fmt: skip
     kv = {n: w.detach() for n, w in model.kv_weights().items()}
     acc = FusionAccumulator({n: tuple(w.shape) for n, w in kv.items()})
-    acc.add(embeddings, lora)
+    acc.add(embeddings.hidden, lora)
     d = model.embedding_dim
     # A vanishing ridge: with none the system is singular (the tiny encoder's rows lie in a hyperplane) and refused.
     fused = acc.solve(kv, kv, torch.zeros(d, d, dtype=torch.float64), lamb=1e-7)
-    rows = embeddings.reshape(-1, d).double()
+    rows = embeddings.hidden.reshape(-1, d).double()
     for name, W in kv.items():
         up, down = lora.factors[name]
         want = rows @ (W.double() + up.double() @ down.double()).T
@@ -386,3 +429,85 @@ def test_mixed_kinds_need_an_explicit_preset():
 def test_grounded_sam_refuses_missing_local_weights(tmp_path):
     with pytest.raises(ModelLayoutError, match="not found"):
         GroundedSAM(str(tmp_path / "dino"), str(tmp_path / "sam"))
+
+
+# ------------------------------------------------------------------------------------------------ SDXL and SD2.x
+@pytest.mark.parametrize("spec", ["erasekit:tiny-xl", "erasekit:tiny-sd2"])
+def test_mace_fits_applies_saves_and_removes_exactly_on_sdxl_and_sd2(spec, tmp_path):
+    pipe = load_pipeline(spec)
+    model = ModelAdapter(pipe)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    original = sample_image(pipe)
+    edit = MACE(**QUICK).fit(model, ConceptSet.build(["dog"], preserve=["a red car"]))
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items()), "fit must not modify"
+    assert set(edit.weights) == set(model.kv_weights()) and edit.info["family"] == model.family
+    assert all(not torch.equal(edit.weights[n], before[n]) for n in edit.weights)
+    assert all(len(first_last) == 2 for first_last in edit.info["lora_loss_first_last"].values())
+    edit.apply(pipe)
+    edited = sample_image(pipe)
+    edit.remove(pipe)
+    loaded = Edit.load(edit.save(tmp_path / "mace.safetensors"))
+    loaded.apply(pipe)
+    assert np.array_equal(sample_image(pipe), edited) and not np.array_equal(edited, original)
+    loaded.remove(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    assert np.array_equal(sample_image(pipe), original)
+
+
+@torch.no_grad()
+def test_attention_probes_see_every_cross_attention_call_and_change_nothing(family_model):
+    """SDXL: a first level without attention and two transformer layers per block; SD2: linear projections. Every
+    ``attn2`` reports its probabilities (rows over the 77 positions summing to 1, square maps) and the UNet's output
+    through the explicit processors equals its output through its own."""
+    model = family_model
+    cond = model.conditioning(["a photo of a dog"])
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([300])
+    seen: dict[int, torch.Tensor] = {}
+    processors = [layer.module.processor for layer in model.layers]
+    with cross_attention_probes(model, lambda index, probs: seen.setdefault(index, probs)):
+        probed = model.denoise(latents, t, cond)
+    assert sorted(seen) == list(range(len(model.layers)))
+    for probs in seen.values():
+        assert probs.shape[-1] == 77 and side(probs.shape[1]) ** 2 == probs.shape[1]
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
+    assert [layer.module.processor for layer in model.layers] == processors
+    torch.testing.assert_close(probed, model.denoise(latents, t, cond), rtol=1e-4, atol=1e-5)
+
+
+class _SplitsFirstWordTwice:
+    """A tokenizer that places the words one position later than CLIP's (it repeats the first word)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str):
+        ids = self.tokenizer(text).input_ids
+        return SimpleNamespace(input_ids=[ids[0], ids[1], *ids[1:]])
+
+
+def test_cfr_pairs_one_set_of_positions_for_both_sdxl_tokenizers(monkeypatch):
+    model = ModelAdapter(load_pipeline("erasekit:tiny-xl"))
+    first, second = (tokenizer for tokenizer, _ in model.encoders)
+    assert first.pad_token_id == first.eos_token_id != second.pad_token_id  # EOS padding, then "!" padding
+    old, new = "A photo of tom cruise", "A photo of a person"
+    idx_old, idx_new = cfr_positions(model, old, new)
+    assert (idx_old[:4], idx_new[:4]) == ([0, 1, 2, 3], [0, 1, 2, 3])  # BOS "a photo of"
+    assert idx_old[4:] == [6, *range(7, 77)] and idx_new[4:] == [6, *range(7, 77)]  # EOS, then the padding
+    monkeypatch.setattr(model, "tokenizer_2", _SplitsFirstWordTwice(second))
+    with pytest.raises(TokenizationError, match=r"split .* differently"):
+        cfr_positions(model, old, new)
+
+
+def test_caption_statistics_are_cached_per_encoders_and_tokenizers(monkeypatch, tmp_path):
+    """SDXL's Gram covers both encoders' halves (2 x 32 columns on tiny-xl); another padding token is another key."""
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path))
+    pipe = load_pipeline("erasekit:tiny-xl")
+    model = ModelAdapter(pipe)
+    texts = ["a red car", "a tree"]
+    gram_bang = cached_text_gram(model, texts)
+    assert gram_bang.shape == (64, 64) and torch.equal(gram_bang, text_gram(model, texts))
+    pipe.tokenizer_2.pad_token = pipe.tokenizer_2.eos_token
+    gram_eos = cached_text_gram(model, texts)
+    assert len(list((tmp_path / "mace").glob("gram-*.safetensors"))) == 2
+    assert not torch.allclose(gram_eos, gram_bang)

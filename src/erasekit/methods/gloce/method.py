@@ -66,7 +66,7 @@ class GLoCE(Method):
         with progress_bar(run.progress) as bar:
             moments = TokenMoments(model, run)
             fitted = [_closed_form(moments, r) for r in bar.track(roles, description="GLoCE statistics")]
-            moments.cache.clear()  # up to MOMENT_CACHE x ~100 MB at SD1.5 size
+            moments.cache.clear()  # up to MOMENT_CACHE_BYTES
             calib = self._calibrate(model, run, roles, fitted, partial(bar.track, description="GLoCE gate calibration"))
         tensors, spec = self._stack(model, run, roles, fitted, calib)
         info = self._diagnostics(model, roles, calib)

@@ -16,8 +16,12 @@ from .core import POOL_SCALES, Moments, pooled_tokens
 Window = tuple[float, float, int]  # (collect_from, collect_until, seeds): what a prompt's recording depends on
 OnTokens = Callable[[int, list[str], torch.Tensor], None]  # (layer index, rows[i] = prompt of image i, x [R, T, d])
 MOMENT_CACHE = 16
-"""Prompts whose token moments are kept between concepts (the gate centre, shared mapping prompts). At SD1.5 size
-one prompt's moments are ~100 MB (16 d x d float64 matrices), hence a bound."""
+"""Prompts whose token moments are kept between concepts (the gate centre, shared mapping prompts)."""
+MOMENT_CACHE_BYTES = 3_300_000_000
+"""...and the memory they may hold. One prompt's moments are a d x d float64 matrix per cross-attention layer: ~99 MB
+at SD1.5 size (16 layers: the count binds), ~820 MB at SDXL size (70 layers, 60 of them 1280-d: 4 prompts fit). An
+evicted prompt is generated again when a later concept needs it: time, not memory (docs/methods/gloce.md, "SDXL and
+SD2.x")."""
 
 
 class _Recorder:
@@ -89,7 +93,8 @@ def by_prompt(rows: list[str]) -> dict[str, list[int]]:
 
 
 class TokenMoments:
-    """Per-layer token moments of prompts, each (prompt, window) generated once and the last ``MOMENT_CACHE`` kept."""
+    """Per-layer token moments of prompts, each (prompt, window) generated once; the most recently used are kept, at
+    most ``MOMENT_CACHE`` prompts and ``MOMENT_CACHE_BYTES``."""
 
     def __init__(self, model: ModelAdapter, run: GLoCEConfig) -> None:
         self.model, self.run = model, run
@@ -98,6 +103,7 @@ class TokenMoments:
     def __call__(self, prompts: list[str], window: Window) -> list[Moments]:
         """Token moments per layer, summed over ``prompts``."""
         missing = [p for p in dict.fromkeys(prompts) if (p, window) not in self.cache]
+        fresh: dict[str, list[Moments]] = {}
         if missing:
             fresh = {p: [Moments(layer.to_out.out_features) for layer in self.model.layers] for p in missing}
             scales = POOL_SCALES if self.run.multiscale else (1,)
@@ -107,14 +113,17 @@ class TokenMoments:
                     fresh[p][index].add(pooled_tokens(x[idx], scales))
 
             run_partial(self.model, self.run, missing, window, on_tokens)
-            for p in missing:
-                self.cache[(p, window)] = fresh[p]
-                if len(self.cache) > MOMENT_CACHE:
-                    self.cache.popitem(last=False)
-        per_prompt = [self.cache[(p, window)] for p in prompts]
+        per_prompt = [fresh[p] if p in fresh else self.cache[(p, window)] for p in prompts]
+        self.cache.update(((p, window), fresh[p]) for p in missing)
         for p in prompts:
             self.cache.move_to_end((p, window))
+        while self.cache and (len(self.cache) > MOMENT_CACHE or self.nbytes() > MOMENT_CACHE_BYTES):
+            self.cache.popitem(last=False)
         merged = per_prompt[0]
         for other in per_prompt[1:]:
             merged = [a.merged(b) for a, b in zip(merged, other, strict=True)]
         return merged
+
+    def nbytes(self) -> int:
+        """Memory held by the cached moments."""
+        return sum(m.outer.nbytes + m.total.nbytes for moments in self.cache.values() for m in moments)

@@ -11,7 +11,7 @@ outputs on the preservation tokens:
 
 Sufficient statistics are accumulated as concepts are trained: one d x d ``S`` and, per matrix, ``sum_i dW_i S_i``
 (an ``out x d`` matrix; ``dW_i S_i = up_i (down_i S_i)`` costs a rank-1 product). Memory therefore stays flat in the
-number of concepts; the reference keeps every target vector instead (about 23 GB for 100 concepts).
+number of concepts; the reference keeps every target vector instead (about 23 GB for 100 concepts on SD1.x).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ import torch
 
 from ...linalg import gram, ridge_solve
 from .lora import ConceptLoRA
+
+SOLVE_CHUNK_BYTES = 2**28
+"""The stacked right-hand sides of one solve stay below 256 MiB (float64): SD1.x's 32 matrices (~150 MiB) are solved
+at once, SDXL's 140 (2.7 GB) in chunks, so the solver's copies of them cost a chunk's size, not all matrices'."""
 
 
 class FusionAccumulator:
@@ -52,16 +56,27 @@ class FusionAccumulator:
     ) -> dict[str, torch.Tensor]:
         """``W*`` for every matrix; ``preserve`` is the weighted preservation Gram ``beta P``.
 
-        All matrices share the system ``S + beta P``, so their right-hand sides are stacked into one solve.
+        All matrices share the system ``S + beta P``, so their right-hand sides are stacked into one solve per chunk
+        of at most ``SOLVE_CHUNK_BYTES``.
         """
-        names = list(self.lora_terms)
-        rows = [self.lora_terms[n].shape[0] for n in names]
-        rhs = torch.empty(sum(rows), self.dim, dtype=torch.float64)
-        start = 0
-        for name, n_rows in zip(names, rows, strict=True):
-            W_ref = refined[name].detach().double().cpu()
-            W0 = original[name].detach().double().cpu()
-            rhs[start : start + n_rows] = lamb * W_ref + W_ref @ self.S + self.lora_terms[name] + W0 @ preserve
-            start += n_rows
-        solution = ridge_solve(rhs, self.S + preserve, lamb)
-        return dict(zip(names, solution.split(rows), strict=True))
+        max_rows = SOLVE_CHUNK_BYTES // (8 * self.dim)
+        chunks: list[list[str]] = [[]]
+        rows_in_chunk = 0
+        for name, term in self.lora_terms.items():
+            if chunks[-1] and rows_in_chunk + term.shape[0] > max_rows:
+                chunks.append([])
+                rows_in_chunk = 0
+            chunks[-1].append(name)
+            rows_in_chunk += term.shape[0]
+        solved: dict[str, torch.Tensor] = {}
+        for names in chunks:
+            rows = [self.lora_terms[n].shape[0] for n in names]
+            rhs = torch.empty(sum(rows), self.dim, dtype=torch.float64)
+            start = 0
+            for name, n_rows in zip(names, rows, strict=True):
+                W_ref = refined[name].detach().double().cpu()
+                W0 = original[name].detach().double().cpu()
+                rhs[start : start + n_rows] = lamb * W_ref + W_ref @ self.S + self.lora_terms[name] + W0 @ preserve
+                start += n_rows
+            solved.update(zip(names, ridge_solve(rhs, self.S + preserve, lamb).split(rows), strict=True))
+        return solved

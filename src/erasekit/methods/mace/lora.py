@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from ...concepts import Concept
 from ...io import atomic_file
-from ...models.adapter import ModelAdapter
+from ...models.adapter import Conditioning, ModelAdapter
 from ...progress import progress_bar
 from .attention import cross_attention_probes, side
 from .prompts import IMAGE_PROMPTS
@@ -128,7 +128,8 @@ def loss_positions(model: ModelAdapter, prompt: str, concept: Concept, suppress_
     """Token positions whose attention is suppressed: the concept's tokens, and EOS plus all padding.
 
     The reference selects "every <|endoftext|> position", which is EOS and padding only because SD1.x pads with
-    EOS; positions are taken here from the tokenizer layout, so SD2.x (padding "!") behaves the same.
+    EOS; positions are taken here from the tokenizer layout, so SD2.x and SDXL (padding "!", in SDXL's second
+    encoder only) suppress the same positions: one softmax covers a position's whole row, both encoders' halves.
     """
     where = model.token_positions(prompt, concept.text)
     return where.phrase + ([where.eos, *where.padding] if suppress_eos_padding else [])
@@ -154,17 +155,17 @@ def attention_loss(
     model: ModelAdapter,
     noisy: torch.Tensor,
     timestep: int,
-    context: torch.Tensor,
+    cond: Conditioning,
     pixels: dict[int, torch.Tensor | None],
     positions: list[int],
     form: LossForm,
 ) -> torch.Tensor:
-    """MACE's loss for one noisy latent ``[1, 4, h, w]`` and one prompt encoding ``[1, 77, d]``, with the UNet's
-    current weights (and LoRA, if any): summed over every cross-attention call of one forward pass."""
+    """MACE's loss for one noisy latent ``[1, 4, h, w]`` and one prompt's conditioning (``model.conditioning``),
+    with the UNet's current weights (and LoRA, if any): summed over every cross-attention call of one forward pass."""
     collect = _AttentionLoss(pixels, positions, form)
     device = model.device
     with cross_attention_probes(model, collect):
-        model.unet(noisy.to(device), torch.tensor([timestep], device=device), encoder_hidden_states=context.to(device))
+        model.denoise(noisy.to(device), torch.tensor([timestep], device=device), cond)
     return collect.total()
 
 
@@ -183,7 +184,7 @@ def train_concept_lora(
     model: ModelAdapter,
     concept: Concept,
     prompts: Sequence[str],
-    prompt_embeddings: torch.Tensor,
+    prompt_embeddings: Conditioning,
     posterior: torch.distributions.Normal,
     masks: torch.Tensor | None,
     settings: LoRASettings,
@@ -192,7 +193,7 @@ def train_concept_lora(
 ) -> ConceptLoRA:
     """Train one concept's LoRA on the UNet's current (stage-1) weights; the UNet is left exactly as it was.
 
-    ``prompt_embeddings`` ``[P, 77, d]`` encode ``prompts``; ``posterior`` is the latent distribution of the ``n``
+    ``prompt_embeddings`` are ``model.conditioning(prompts)``; ``posterior`` is the latent distribution of the ``n``
     training images and ``masks`` ``[n, H, W]`` their concept masks (``None``: whole images); ``bar`` shows the
     steps while they run.
     """

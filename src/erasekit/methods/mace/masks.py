@@ -68,7 +68,7 @@ class AttentionMasks:
         n, _, height, width = images.shape
         prompt = IMAGE_PROMPTS[concept.kind].format(concept.text)
         positions = model.phrase_positions(prompt, concept.text)
-        context = model.encode([prompt]).expand(n, -1, -1).to(model.device)
+        cond = model.conditioning([prompt])[[0] * n]
         latents = encode_images(model, images).mean
         scheduler = model.pipe.scheduler
         maps = torch.zeros(n, height, width)
@@ -88,7 +88,7 @@ class AttentionMasks:
                 noise = torch.randn(latents.shape, generator=generator).to(latents)
                 timestep = torch.full((n,), t, dtype=torch.long)
                 noisy = scheduler.add_noise(latents, noise, timestep.to(latents.device))
-                model.unet(noisy, timestep.to(latents.device), encoder_hidden_states=context)
+                model.denoise(noisy, timestep.to(latents.device), cond)
         maps /= max(count, 1)
         low = maps.flatten(1).min(1).values[:, None, None]
         high = maps.flatten(1).max(1).values[:, None, None]

@@ -321,7 +321,7 @@ class MACE(Method):
         seconds.update({"images_masks": 0.0, "lora": 0.0, "fusion": 0.0})
         for index, concept in enumerate(bar.track(list(concepts), description="MACE stages 2-3")):
             old, _ = prompt_pairs(concept, cfg.templates)
-            embeddings = model.encode(old)
+            embeddings = model.conditioning(old)
             seed = concept_seed(cfg.seed, concept)
             path = work / lora_filename(base_key, concept.to_dict()) if work else None
             if path is not None and path.is_file():
@@ -347,7 +347,7 @@ class MACE(Method):
                     path.parent.mkdir(parents=True, exist_ok=True)
                     lora.save(path)
             clock = time.perf_counter()
-            accumulator.add(embeddings, lora)
+            accumulator.add(embeddings.hidden, lora)
             seconds["fusion"] += time.perf_counter() - clock
             losses[concept.text] = [lora.losses[0], lora.losses[-1]] if lora.losses else []
             if cfg.export_loras:

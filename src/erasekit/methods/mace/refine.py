@@ -2,8 +2,9 @@
 
 Paper Eq. 1-2 with a ridge term; docs/methods/mace.md ("What it does", step 1, and "Memory"). In each ``old``
 prompt (template + concept) the tokens around the concept phrase (BOS and prefix words, the words after the phrase,
-EOS and the padding) are mapped to what the *original* weights give in the ``new`` prompt (same template, surrogate
-instead of concept); the concept tokens themselves are left to stage 2.
+EOS and the padding, whatever its token: EOS in SD1.x, "!" in SD2.x and SDXL's second encoder) are mapped to what
+the *original* weights give in the ``new`` prompt (same template, surrogate instead of concept); the concept tokens
+themselves are left to stage 2.
 For every K/V matrix ``W`` with original ``W0``:
 
     min_W  sum_i ||W c_i - W0 g_i||^2 + lam ||W - W0||_F^2 + alpha sum_p ||W e_p - W0 e_p||^2
@@ -13,18 +14,20 @@ For every K/V matrix ``W`` with original ``W0``:
     W (lam I + sum c c^T + alpha P) = W0 (lam I + sum g c^T + alpha P),   P = sum_p e_p e_p^T.
 
 Every target is produced by the same matrix's original weights, so ``W = W0 T`` with one d x d matrix ``T`` shared by
-all 32 projections (the identity UCE uses): the sums are d x d, accumulated concept by concept, and memory does not
-grow with the number of concepts (the reference keeps every target vector, about 23 GB for 100 concepts).
+all projections (32 in SD1.x, 140 in SDXL; the identity UCE uses): the sums are d x d, accumulated concept by
+concept, and memory does not grow with the number of concepts (the reference keeps every target vector, about 23 GB
+for 100 concepts on SD1.x).
 
 Preservation statistics ``P`` are sums over all 77 positions of captions (the reference's COCO "prior" cache; here
 any caption source of ``erasekit.sources.CAPTIONS``) and of retained texts (its "domain" cache), cached on disk per
-text encoder and caption set.
+text encoders, tokenizers and caption set.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from rich.progress import Progress
@@ -64,9 +67,28 @@ def align_tokens(old_ids: Sequence[int], new_ids: Sequence[int], length: int) ->
     return idx_old, idx_new
 
 
-def unpadded_ids(model: ModelAdapter, text: str) -> list[int]:
-    """Token ids with BOS and EOS, without padding (what CFR aligns)."""
-    return [model.tokenizer.bos_token_id, *model.word_tokens(text), model.tokenizer.eos_token_id]
+def unpadded_ids(tokenizer: Any, text: str) -> list[int]:
+    """``tokenizer``'s ids of ``text`` with BOS and EOS, without padding (what CFR aligns)."""
+    return tokenizer(text).input_ids
+
+
+def cfr_positions(model: ModelAdapter, old: str, new: str) -> tuple[list[int], list[int]]:
+    """:func:`align_tokens` of one ``old`` / ``new`` prompt pair, the same for every tokenizer of the model.
+
+    A position holds every encoder's row (SDXL concatenates both), so the pairing is one per position: it is computed
+    from each tokenizer's ids and must agree. SDXL's two tokenizers share CLIP's vocabulary and differ only in the
+    padding token (EOS, "!"), which CFR pairs by position whatever it is (docs/methods/mace.md, "SDXL and SD2.x").
+    """
+    first, *others = [
+        align_tokens(unpadded_ids(tokenizer, old), unpadded_ids(tokenizer, new), model.max_length)
+        for tokenizer, _ in model.encoders
+    ]
+    if any(other != first for other in others):
+        raise TokenizationError(
+            f"the tokenizers of this model split '{old}' or '{new}' differently; MACE pairs token positions, which "
+            "needs every tokenizer to place the words at the same positions"
+        )
+    return first
 
 
 def cfr_statistics(
@@ -88,11 +110,10 @@ def cfr_statistics(
     task = bar.add_task("MACE stage 1: prompt pairs", total=len(concepts))
     for new, members in groups.items():
         e_new = model.encode(list(new))
-        ids_new = [unpadded_ids(model, text) for text in new]
         for old, _ in members:
             e_old = model.encode(old)
             for j, text in enumerate(old):
-                idx_old, idx_new = align_tokens(unpadded_ids(model, text), ids_new[j], model.max_length)
+                idx_old, idx_new = cfr_positions(model, text, new[j])
                 c = e_old[j, idx_old]
                 S_cc += gram(c)
                 S_gc += cross(e_new[j, idx_new], c)
@@ -132,13 +153,14 @@ def encodable(model: ModelAdapter, texts: Sequence[str]) -> list[str]:
 
 
 def cached_text_gram(model: ModelAdapter, texts: Sequence[str], bar: Progress | None = None) -> torch.Tensor:
-    """:func:`text_gram`, stored under ``$ERASEKIT_CACHE/mace`` keyed by text encoder weights and the texts.
+    """:func:`text_gram`, stored under ``$ERASEKIT_CACHE/mace`` keyed by the text encoders' weights, the
+    tokenizers (vocabulary size and padding token: SD2's "!" gives other padding rows than EOS) and the texts.
 
     The reference computes its COCO cache once per base model; so do we, but for any caption set.
     """
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-    tokenizer = f"{type(model.tokenizer).__name__}{len(model.tokenizer)}"
-    key = f"{model.fingerprint()[:16]}-{tokenizer}-{digest}"
+    tokenizers = "-".join(f"{type(t).__name__}{len(t)}p{t.pad_token_id}" for t, _ in model.encoders)
+    key = f"{model.fingerprint()[:16]}-{tokenizers}-{digest}"
     path = cache_dir() / "mace" / f"gram-{key}.safetensors"
     if path.is_file():
         return load_file(str(path))["gram"]
