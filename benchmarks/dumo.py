@@ -59,6 +59,7 @@ from erasekit.methods.dumo.method import DuMo, base_names
 from erasekit.methods.dumo.modules import KIND, DuMoNetwork
 from erasekit.methods.esd import ESD, trainable_names
 from erasekit.models import ModelAdapter, load_pipeline
+from erasekit.models.adapter import Conditioning
 from erasekit.models.build import assemble_sdxl_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
 
@@ -127,22 +128,40 @@ def untrained_dumo(model: ModelAdapter) -> Edit:
     return Edit.from_modules("dumo", {}, {}, model, KIND, tensors, spec, base_names(model))
 
 
-def unet_call_ms(pipe: Any, repeat: int) -> float:
-    """Median time of one CFG-batch UNet call (batch 2) on ``pipe``'s UNet, whatever is attached to it."""
-    unet = pipe.unet
+def unet_call_ms(model: ModelAdapter, repeat: int) -> float:
+    """Median time of one CFG-batch UNet call (batch 2, random text conditioning) through the adapter, whatever is
+    attached to the UNet (SDXL's pooled and size conditioning included)."""
+    unet = model.unet
     size = unet.config.sample_size
     x = torch.randn(2, unet.config.in_channels, size, size, device=unet.device, dtype=unet.dtype)
-    text = torch.randn(2, 77, unet.config.cross_attention_dim, device=unet.device, dtype=unet.dtype)
+    pooled = torch.randn(2, model.pooled_dim) if model.family == "sdxl" else None
+    cond = Conditioning(torch.randn(2, 77, model.embedding_dim), pooled)
     times = []
     with torch.no_grad():
         for i in range(repeat + 1):
             _sync(unet.device)
             start = time.perf_counter()
-            unet(x, torch.tensor(500, device=unet.device), text)
+            model.denoise(x, torch.tensor(500, device=unet.device), cond)
             _sync(unet.device)
             if i:  # the first call pays one-off allocations
                 times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def sdxl_inference(latent: int, repeat: int, console: Console) -> dict[str, Any]:
+    """DuMo's inference overhead on full-size SDXL in bf16: a CFG UNet call with and without an (untrained) DuMo."""
+    torch.manual_seed(0)
+    pipe = build_sdxl_pipeline(latent, torch.bfloat16)
+    model = ModelAdapter(pipe)
+    plain = unet_call_ms(model, repeat)
+    dumo = untrained_dumo(model)
+    dumo.apply(pipe)
+    with_dumo = unet_call_ms(model, repeat)
+    dumo.remove(pipe)
+    console.print(f"SDXL {8 * latent} px: UNet call {plain:.0f} ms, with DuMo {with_dumo:.0f} ms "
+                  f"(+{with_dumo / plain - 1:.0%})")  # fmt: skip
+    return {"model": "sdxl", "dtype": "bfloat16", "pixels": 8 * latent, "unet_call_ms": plain,
+            "unet_call_with_dumo_ms": with_dumo, "dumo_overhead": with_dumo / plain - 1}  # fmt: skip
 
 
 def _sync(device: torch.device) -> None:
@@ -174,10 +193,10 @@ def bench_model(name: str, pipe: Any, steps: int, repeat: int, console: Console,
     model = ModelAdapter(pipe)
     concepts = ConceptSet.build([{"text": "car", "kind": "object"}], preserve=["tree"])
     unet_params = sum(p.numel() for p in pipe.unet.parameters())
-    plain = unet_call_ms(pipe, repeat)
+    plain = unet_call_ms(model, repeat)
     dumo = untrained_dumo(model)
     dumo.apply(pipe)
-    with_dumo = unet_call_ms(pipe, repeat)
+    with_dumo = unet_call_ms(model, repeat)
     dumo.remove(pipe)
     epr_params = sum(t.numel() for t in dumo.modules.values())
     console.print(f"{name}: UNet call {plain:.1f} ms, with DuMo {with_dumo:.1f} ms (+{with_dumo / plain - 1:.0%})")
@@ -274,7 +293,8 @@ def erasure(output: Path, out: Path, tasks: list[str], methods: list[str], conso
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["world", "sd15"], choices=["world", "sd15", "sdxl"])
+    models = ["world", "sd15", "sdxl", "sdxl-inference"]
+    parser.add_argument("--models", nargs="+", default=["world", "sd15"], choices=models)
     parser.add_argument("--sdxl-latents", nargs="+", type=int, default=[32, 64], help="SDXL latent sizes (px / 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=5, help="UNet calls timed per configuration (median)")
@@ -291,10 +311,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     console = Console()
-    results, sdxl = [], None
+    results, sdxl, sdxl_inference_cost = [], None, None
     for name in args.models:
         if name == "sdxl":
             sdxl = sdxl_training(args.sdxl_latents, console)
+            continue
+        if name == "sdxl-inference":
+            sdxl_inference_cost = sdxl_inference(min(args.sdxl_latents), max(2, args.repeat // 2), console)
             continue
         torch.manual_seed(0)
         pipe = load_pipeline("erasekit:world") if name == "world" else build_sd15_pipeline()
@@ -309,11 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     report = {"benchmark": "dumo", "machine": machine(), "device": args.device, "results": results}
     if sdxl is not None:
         report["sdxl_training"] = sdxl
+    if sdxl_inference_cost is not None:
+        report["sdxl_inference"] = sdxl_inference_cost
     if args.device == "cuda":
         report["machine"]["gpu"] = torch.cuda.get_device_name()
-    out = args.out or Path(
-        "benchmarks/results/dumo_sdxl.json" if args.models == ["sdxl"] else "benchmarks/results/dumo.json"
-    )
+    names = {"sdxl": "dumo_sdxl", "sdxl-inference": "dumo_sdxl_inference"}
+    out = args.out or Path(f"benchmarks/results/{names.get(args.models[0], 'dumo')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {out}")
