@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .errors import ArtifactError, BaseModelMismatchError, NumericalError
-from .io import atomic_dir, atomic_file, check_output
+from .io import atomic_file, check_output
 from .models.adapter import ModelAdapter, tensors_fingerprint
 from .registry import Registry
 
@@ -213,13 +213,11 @@ class Edit:
             return next(iter(self.weights.values())).dtype
         return getattr(torch, self.info.get("base_dtype", "float32"))
 
-    def check_exportable(self) -> None:
-        """Edits that add modules cannot be expressed as plain diffusers weights: say so before any work."""
-        if self.module_kind is not None:
-            raise ArtifactError(
-                f"a {self.method} edit adds modules ({self.module_kind}) that a plain diffusers folder cannot hold: "
-                "ship the .safetensors artifact and apply it with erasekit.load_edit(pipe, path)"
-            )
+    def check_exportable(self, format: str = "diffusers", **options: Any) -> None:
+        """Refuse, before any work, an export ``format`` that cannot hold this edit (see :mod:`erasekit.exports`)."""
+        from .exports import check_exportable
+
+        check_exportable(self, format, **options)
 
     def fingerprint(self) -> str:
         """sha256 of everything the edit writes into or adds to a pipeline (keys the evaluation's image cache)."""
@@ -246,6 +244,22 @@ class Edit:
             raise ArtifactError("this edit is already applied to this pipeline")
         attach = _attach_function(self.module_kind) if self.module_kind is not None else None
         model = ModelAdapter(pipe)
+        self._check_base(model, check)
+        originals = model.replace_weights(self.weights)
+        detach = attach(pipe, self.modules, self.module_spec) if attach is not None else None
+        self._applied[id(pipe.unet)] = (originals, detach)
+        return pipe
+
+    def base_weights(self, pipe) -> dict[str, torch.Tensor]:
+        """Copies of the tensors this edit replaces, from ``pipe``, which must carry the weights it was fitted on."""
+        model = ModelAdapter(pipe)
+        if self.is_applied(pipe):
+            return {n: t.clone() for n, t in self._applied[id(pipe.unet)][0].items()}
+        self._check_base(model, check=True)
+        return {n: p.detach().cpu().clone() for n, p in model.unet_parameters(list(self.weights)).items()}
+
+    def _check_base(self, model: ModelAdapter, check: bool) -> None:
+        """Refuse another family or architecture, and (with ``check``) other base weights than the fitted ones."""
         family = self.info.get("family")
         if family is not None and family != model.family:
             raise BaseModelMismatchError(
@@ -274,10 +288,6 @@ class Edit:
                     "this edit was fitted on a different base model: the weights it replaces do not match its "
                     f"fingerprint{hint}"
                 )
-        originals = model.replace_weights(self.weights)
-        detach = attach(pipe, self.modules, self.module_spec) if attach is not None else None
-        self._applied[id(pipe.unet)] = (originals, detach)
-        return pipe
 
     def remove(self, pipe) -> Any:
         """Take out the added modules and restore the replaced tensors, bit for bit; return ``pipe``."""
@@ -352,25 +362,18 @@ class Edit:
             digest=(meta.get("integrity") or {}).get("digest"),
         )
 
-    def export(self, pipe, out_dir: str | Path, overwrite: bool = False) -> Path:
-        """Save ``pipe`` with this edit applied as a full diffusers folder (``from_pretrained`` loads it).
+    def export(self, pipe, out: str | Path, overwrite: bool = False, format: str = "diffusers", **options: Any) -> Path:
+        """Write this edit, fitted on ``pipe``'s weights, as ``format``; return the path; ``pipe`` is left as it was.
 
-        The pipeline is left as it was: the edit is applied for the save and removed afterwards. Edits that add
-        modules cannot be expressed as plain diffusers weights: load their artifact with :func:`load_edit` instead.
+        ``diffusers`` (default): a full diffusers folder (``from_pretrained`` loads it); ``lora``: one LoRA
+        ``.safetensors`` (``pipe.load_lora_weights`` loads it; ``options``: ``rank``, ``energy``, ``lora_format``);
+        ``single-file``: one SD1.x checkpoint in the original layout (``from_single_file``). See
+        :mod:`erasekit.exports`. Edits that add modules cannot be exported: load their artifact with
+        :func:`load_edit` instead.
         """
-        self.check_exportable()
-        out_dir = check_output(Path(out_dir), overwrite, folder=True)
-        applied_here = not self.is_applied(pipe)
-        if applied_here:
-            self.apply(pipe)
-        try:
-            with atomic_dir(out_dir) as tmp:
-                pipe.save_pretrained(tmp, safe_serialization=True)
-                (tmp / "erasekit_edit.json").write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
-        finally:
-            if applied_here:
-                self.remove(pipe)
-        return out_dir
+        from .exports import export
+
+        return export(self, pipe, out, format, overwrite=overwrite, **options).path
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
