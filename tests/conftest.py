@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from erasekit.models import ModelAdapter, load_pipeline
 from erasekit.models.tiny import tiny_pipeline
 
 torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves, and CI has 2 cores
+# Tests never read or write the user's cache of text encodings (models/cache.py), also in session fixtures and in the
+# processes they start; tests/test_encoding_cache.py switches it on, in a temporary folder.
+os.environ["ERASEKIT_TEXT_CACHE"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ model, and erases that embedding too (docs/methods/rece.md, "What it does"):
 
 Every edit here has the form ``W = W_orig @ T`` (UCE's shared-T identity), so RECE tracks one cumulative ``T`` and the
 derivation needs only ``G = sum_l W_l^T W_l`` of the original weights:
-``sum W'^T W' = T^T G T`` and ``sum W'^T W = T^T G``.
+``sum W'^T W' = T^T G T`` and ``sum W'^T W = T^T G``. ``G`` depends only on the base model, so it is computed once
+per base model (:func:`cached_original_gram`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..concepts import ConceptSet
 from ..edits import Edit
 from ..linalg import gram, ridge_solve
 from ..models.adapter import ModelAdapter
+from ..models.cache import digest, memo_fingerprint
 from ..validation import check_at_least
 from .base import Method, guide_for, register_method
 from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_transform
@@ -83,6 +85,23 @@ def original_gram(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(gram(w.detach()) for w in weights.values())
 
 
+def cached_original_gram(model: ModelAdapter, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`original_gram`, kept in ``model.tensor_cache`` by the fingerprint of the UNet weights it sums (and the
+    device kind and torch version that computed it): the same bits as computing it, at the cost of a file read."""
+    cache = model.tensor_cache
+    if cache is None:
+        return original_gram(weights)
+    device = next(iter(weights.values())).device
+    key = digest("rece-gram", torch.__version__, device.type, memo_fingerprint(model.unet, weights))
+    found = cache.get("rece-gram", key)
+    if found is not None:
+        return found["G"].to(device)
+    G = original_gram(weights)
+    cache.put("rece-gram", key, {"G": G})
+    cache.evict()
+    return G
+
+
 @register_method
 class RECE(Method):
     """UCE, then K epochs of deriving and erasing the adversarial embedding of each concept."""
@@ -104,7 +123,7 @@ class RECE(Method):
         embeddings = dict(zip(texts, model.encode(texts), strict=True))
         T = UCE(cfg.uce).transform(model, concepts, embeddings)
         originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)  # live, left unchanged
-        G = original_gram(originals)
+        G = cached_original_gram(model, originals)
         per_kind = {kind: self.settings(kind) for kind in dict.fromkeys(c.kind for c in concepts)}
         epochs = max(per_kind[c.kind].epochs for c in concepts)
 

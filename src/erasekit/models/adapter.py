@@ -12,7 +12,6 @@ positions, padding with EOS) and SD2.x (OpenCLIP ViT-H, padding with "!", often 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelLayoutError, NumericalError, TokenizationError
+from .cache import TensorCache, digest, module_fingerprint
+from .cache import tensors_fingerprint as tensors_fingerprint  # re-exported: edits fingerprint their base tensors
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class ModelAdapter:
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
         self.text_encoders: list[nn.Module] = [pipe.text_encoder]
+        self.tensor_cache: TensorCache | None = TensorCache.from_env()
+        """Where encodings are looked up and stored (:mod:`erasekit.models.cache`); None bypasses it."""
         self.layers = self._find_cross_attention()
         self.check_finite()
 
@@ -299,8 +302,9 @@ class ModelAdapter:
 
         ``positions`` < 77 encodes only the first positions: CLIP's encoder is causal, so those rows are the same as in
         a full encoding (to float noise) at a fraction of the cost. Use it only when no EOS/padding row is needed.
-        A text listed several times (e.g. one guide shared by many concepts) goes through the encoder once: encoding
-        is what a closed-form edit spends most of its time on (benchmarks/README.md, closed forms).
+        A text listed several times (e.g. one guide shared by many concepts) goes through the encoder once, and a text
+        this model has encoded before (in any run) not at all: it comes from :attr:`tensor_cache`, bit for bit what the
+        encoder gives. Encoding is what a closed-form edit spends most of its time on (benchmarks/README.md).
         """
         return self._encode(texts, positions, batch_size).hidden
 
@@ -313,19 +317,76 @@ class ModelAdapter:
         if not texts:
             return Conditioning(torch.zeros(0, positions or self.max_length, self.embedding_dim))
         unique = list(dict.fromkeys(texts))
-        parts = [
-            self._encode_texts(unique[start : start + batch_size], positions)
-            for start in range(0, len(unique), batch_size)
-        ]
-        encoded = Conditioning.cat(parts)
+        if self.tensor_cache is None or self._encoders_hooked():
+            encoded = self._encode_batches(self._token_ids(unique, positions), batch_size)
+        else:
+            encoded = self._encode_cached(self.tensor_cache, unique, positions, batch_size)
         if len(unique) == len(texts):
             return encoded
         row = {text: i for i, text in enumerate(unique)}
         return encoded[[row[text] for text in texts]]
 
-    def _encode_texts(self, texts: list[str], positions: int | None) -> Conditioning:
-        """One batch through the text encoder(s) (:meth:`encode_ids`), in float32 on the CPU."""
-        return self.encode_ids([self.tokenize(texts)[:, :positions]]).to("cpu", torch.float32)
+    def _encode_batches(self, ids: list[torch.Tensor], batch_size: int) -> Conditioning:
+        """``ids`` (one ``[n, L]`` tensor per encoder) through the text encoder(s), ``batch_size`` rows at a time,
+        in float32 on the CPU."""
+        n = len(ids[0])
+        return Conditioning.cat(
+            [
+                self.encode_ids([part[start : start + batch_size] for part in ids]).to("cpu", torch.float32)
+                for start in range(0, n, batch_size)
+            ]
+        )
+
+    def _encode_cached(
+        self, cache: TensorCache, texts: list[str], positions: int | None, batch_size: int
+    ) -> Conditioning:
+        """:meth:`_encode_batches` through ``cache``: an entry's key is the encoders' fingerprint and a text's token
+        ids (what the tokenizers make of it: a changed vocabulary changes the key), so it holds what the encoder gives
+        for exactly those weights and ids. The encoder is batch-invariant (each row only attends within its text), so
+        a row encoded in another batch is the same bits."""
+        ids = self._token_ids(texts, positions)
+        model_key = self.encoding_fingerprint()
+        keys = [digest(model_key, *(part[i].numpy().tobytes() for part in ids)) for i in range(len(texts))]
+        found = [cache.get("text", key) for key in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            fresh = self._encode_batches([part[missing] for part in ids], batch_size)
+            for j, i in enumerate(missing):
+                entry = {"hidden": fresh.hidden[j]}
+                if fresh.pooled is not None:
+                    entry["pooled"] = fresh.pooled[j]
+                cache.put("text", keys[i], entry)
+                found[i] = entry
+            cache.evict()
+        pooled = [entry.get("pooled") for entry in found]
+        return Conditioning(
+            torch.stack([entry["hidden"] for entry in found]),
+            None if any(p is None for p in pooled) else torch.stack(pooled),
+        )
+
+    def _encoders_hooked(self) -> bool:
+        """True while a forward hook watches or changes a text encoder (DuMo's prompt gate records every prompt the
+        encoder sees): the encoder must then run, so the cache is bypassed."""
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for e in self.text_encoders for m in e.modules())
+
+    def _token_ids(self, texts: list[str], positions: int | None) -> list[torch.Tensor]:
+        """The input ids of ``texts``, one ``[n, positions or 77]`` tensor per :attr:`encoders` pair."""
+        return [self.tokenize(texts)[:, :positions]]
+
+    def encoding_fingerprint(self) -> str:
+        """sha256 of everything an encoding depends on besides the token ids: the family (which layers it reads),
+        each encoder's class, configuration and weights (:func:`~erasekit.models.cache.module_fingerprint`, hashed
+        once per weights), the padding token (it sets the attention mask where the encoder takes one), and the device
+        kind and torch version that computed it (their kernels round differently)."""
+        parts = [self.family_name, type(self).__name__, torch.__version__]
+        for tokenizer, encoder in self.encoders:
+            parts += [type(encoder).__name__, encoder.device.type, encoder.config.to_json_string()]
+            parts.append(str(tokenizer.pad_token_id))
+            parts.append(module_fingerprint(encoder))
+        return digest(*parts)
 
     def encode_ids(self, ids: Sequence[torch.Tensor]) -> Conditioning:
         """The conditioning of token ids, one ``[n, L]`` tensor per :attr:`encoders` pair, in the encoders' dtype
@@ -367,25 +428,13 @@ class ModelAdapter:
         return self.unet(latents, t, **self.unet_kwargs(cond, latents)).sample
 
     def fingerprint(self) -> str:
-        """sha256 of the text encoders' weights: a cache key for text embeddings of this model."""
-        return tensors_fingerprint(
-            {f"{i}.{k}": v for i, te in enumerate(self.text_encoders) for k, v in te.state_dict().items()}
-            if len(self.text_encoders) > 1
-            else self.text_encoder.state_dict()
-        )
+        """sha256 of the text encoders' weights: a cache key for text embeddings of this model (hashed once per
+        weights, :func:`~erasekit.models.cache.module_fingerprint`)."""
+        digests = [module_fingerprint(encoder) for encoder in self.text_encoders]
+        return digests[0] if len(digests) == 1 else digest(*digests)
 
 
 def _copy_into(params: Mapping[str, nn.Parameter], weights: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, weight in weights.items():
             params[name].copy_(weight.to(params[name].device, params[name].dtype))
-
-
-def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of ``tensors`` (in sorted name order)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

@@ -71,9 +71,8 @@ class SDXLAdapter(ModelAdapter):
     def encoders(self) -> list[tuple[Any, Any]]:
         return [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
 
-    def _encode_texts(self, texts: list[str], positions: int | None) -> Conditioning:
-        ids = [self._ids(tokenizer, texts)[:, :positions] for tokenizer, _ in self.encoders]
-        return self.encode_ids(ids).to("cpu", torch.float32)
+    def _token_ids(self, texts: list[str], positions: int | None) -> list[torch.Tensor]:
+        return [self._ids(tokenizer, texts)[:, :positions] for tokenizer, _ in self.encoders]
 
     def encode_ids(self, ids: Sequence[torch.Tensor]) -> Conditioning:
         """Both encoders' penultimate layers, concatenated; the pooled embedding only for whole sequences (it is read
