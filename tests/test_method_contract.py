@@ -51,7 +51,7 @@ def fitted(request, tiny_path):
 
 
 def test_every_method_is_registered():
-    assert {"uce", "rece", "mace", "gloce", "esd", "dumo"} <= set(NAMES)
+    assert {"uce", "rece", "speed", "mace", "gloce", "esd", "dumo"} <= set(NAMES)
 
 
 def test_fit_leaves_the_model_unchanged(fitted):
