@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -134,8 +135,17 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse and store text encodings (and RECE's Gram) in the on-disk cache; --no-cache bypasses it, "
+            "as ERASEKIT_TEXT_CACHE=0 does. See 'erasekit cache --help'."
+        ),
+    ] = True,
 ) -> None:
     """Erase concepts from diffusers text-to-image models, inspect the edits, ship the result."""
+    if not cache:
+        os.environ["ERASEKIT_TEXT_CACHE"] = "0"  # read by every model adapter this command builds (models/cache.py)
 
 
 # ------------------------------------------------------------------ commands
@@ -264,18 +274,41 @@ def generate(
 @app.command()
 def export(
     edit_path: Annotated[Path, typer.Option("--edit", "-e", help="Edit artifact (.safetensors).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the edited pipeline.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder (diffusers) or .safetensors file (lora, single-file).")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Base model. Default: the one recorded in the artifact.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="diffusers: a pipeline folder; lora: the weight change as a LoRA file; single-file: one SD1.x "
+            "checkpoint in the original layout (from_single_file, web UIs).",
+        ),
+    ] = "diffusers",
+    lora_format: Annotated[
+        str | None,
+        typer.Option(help="LoRA keys: diffusers (pipe.load_lora_weights; default) or kohya (AUTOMATIC1111, ComfyUI)."),
+    ] = None,
+    rank: Annotated[
+        int | None, typer.Option(help="LoRA rank of every layer. Default: the smallest rank keeping --energy.")
+    ] = None,
+    energy: Annotated[
+        float | None,
+        typer.Option(help="Share of each layer's squared weight change the LoRA keeps when no --rank (default 0.999)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     allow_modified: Annotated[bool, typer.Option(help=ALLOW_MODIFIED_HELP)] = False,
 ) -> None:
-    """Save the base model with the edit applied as a diffusers folder (loads with from_pretrained)."""
+    """Save the edit as a diffusers folder, a LoRA file or a single-file checkpoint (see docs/exports.md)."""
+    from .exports import check_exportable, export
     from .models.loading import quiet_libraries, resolve_model
 
     edit = _load_edit(edit_path, allow_modified)
-    edit.check_exportable()
+    check_exportable(edit, format, lora_format, rank, energy)
     model = _base_model(edit, model)
     quiet_libraries()  # resolving erasekit:tiny imports diffusers pipelines, which warn on import
     source = resolve_model(model)
@@ -285,11 +318,24 @@ def export(
             raise OutputExistsError(
                 f"output '{output}' overlaps the input model folder '{source}'; export to a separate folder"
             )
-    check_output(output, overwrite)
+    check_output(output, overwrite, folder=format == "diffusers")
     pipe = _load_base(edit, model)
     with status_console.status(f"Exporting to {escape(str(output))}..."):
-        edit.export(pipe, output, overwrite=overwrite)
-    console.print(f"Exported {escape(model)} with the {edit.method} edit to {escape(str(output))}", soft_wrap=True)
+        result = export(
+            edit, pipe, output, format, overwrite=overwrite, rank=rank, energy=energy, lora_format=lora_format
+        )
+    if result.errors:
+        table = Table(title="LoRA factors (error = |dW - BA| / |dW|)", title_justify="left")
+        table.add_column("layer", overflow="fold")
+        table.add_column("rank")
+        table.add_column("relative error")
+        for layer, error in result.errors.items():
+            table.add_row(escape(layer), str(result.ranks[layer]), f"{error:.2e}")
+        console.print(table)
+        console.print(f"max relative error {result.max_error:.2e} over {len(result.errors)} layers")
+    console.print(
+        f"Exported {escape(model)} with the {edit.method} edit as {format} to {escape(str(output))}", soft_wrap=True
+    )
 
 
 @app.command()
@@ -304,6 +350,39 @@ def methods() -> None:
             shown = f"{type(default).__name__}()" if dataclasses.is_dataclass(default) else json.dumps(default)
             table.add_row(field, shown, escape(help_text))
         console.print(table)
+
+
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="The on-disk cache of text encodings (and RECE's Gram), reused by every method on the same model: "
+    "$ERASEKIT_CACHE/computed, at most $ERASEKIT_TEXT_CACHE_MB MiB (least recently used entries go first).",
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the cache is, how many entries of each kind it holds, its size and limit, whether it is on."""
+    from .models.cache import TensorCache
+
+    stats = TensorCache().stats()
+    table = Table("", "", title="erasekit cache", title_justify="left", show_header=False)
+    table.add_row("folder", escape(str(stats.folder)))
+    table.add_row("enabled", "yes" if stats.enabled else "no (ERASEKIT_TEXT_CACHE)")
+    for namespace, count in stats.entries.items():
+        table.add_row(f"{namespace} entries", str(count))
+    table.add_row("size", f"{stats.bytes / 2**20:.1f} MiB of {stats.limit / 2**20:.0f} MiB")
+    console.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete every cached encoding and Gram (built-in models and evaluation images are kept)."""
+    from .models.cache import TensorCache
+
+    cache = TensorCache()
+    freed = cache.clear()
+    console.print(f"cleared {escape(str(cache.folder))} ({freed / 2**20:.1f} MiB)")
 
 
 @app.command()
