@@ -34,7 +34,7 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
 
@@ -46,6 +46,7 @@ from erasekit.methods.speed import SPEED
 from erasekit.models import ModelAdapter
 from erasekit.models.build import assemble_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
+from erasekit.models.tiny import tiny_vae
 
 RECE_EPOCHS = 3
 
@@ -55,13 +56,7 @@ def build_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
     text_encoder = clip_text_encoder(768, num_layers=12, num_heads=12, intermediate_size=3072)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    vae = tiny_vae()
     pipe = assemble_pipeline(vae, unet, text_encoder)
     pipe.unet.eval()
     pipe.text_encoder.eval()

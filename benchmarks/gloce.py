@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from rich.console import Console
 from rich.table import Table
 
@@ -51,6 +51,7 @@ from erasekit.methods.gloce.modules import attach
 from erasekit.models import ModelAdapter
 from erasekit.models.build import assemble_sdxl_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
+from erasekit.models.tiny import tiny_vae
 
 RANK, GATE_RANK = 2, 1
 # celebrity preset (docs/methods/gloce.md, "How a fit runs"): mapping 3 prompts x 3 seeds, target 3, gate centre 3,
@@ -105,13 +106,7 @@ def build_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     unet = UNet2DConditionModel(**SDXL_UNET).eval()
     text_encoder = clip_text_encoder(768, num_layers=1, num_heads=12, intermediate_size=3072)
     text_encoder_2 = clip_text_encoder(1280, num_layers=1, num_heads=20, intermediate_size=5120, projection_dim=1280)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    vae = tiny_vae()
     return assemble_sdxl_pipeline(vae, unet, text_encoder.eval(), text_encoder_2.eval())
 
 

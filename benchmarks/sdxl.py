@@ -34,13 +34,14 @@ from typing import Any
 
 import torch
 from closed_form import RECE_EPOCHS, fit_grid, machine, print_table, read_names, resident_kib
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from rich.console import Console
 from torch import nn
 
 from erasekit.models import ModelAdapter
 from erasekit.models.build import assemble_sdxl_pipeline, clip_text_encoder
 from erasekit.models.loading import quiet_libraries
+from erasekit.models.tiny import tiny_vae
 
 # SDXL base's UNet (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json); the remaining fields are diffusers'
 # defaults, which that config keeps.
@@ -67,13 +68,7 @@ def build_sdxl_kv_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
             module.to_v = nn.Linear(module.to_v.in_features, module.to_v.out_features, bias=False)
     text_encoder = clip_text_encoder(768, num_layers=12, num_heads=12, intermediate_size=3072)
     text_encoder_2 = clip_text_encoder(1280, num_layers=32, num_heads=20, intermediate_size=5120, projection_dim=1280)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    vae = tiny_vae()
     pipe = assemble_sdxl_pipeline(vae, unet, text_encoder.eval(), text_encoder_2.eval())
     check_layout(pipe)
     return pipe

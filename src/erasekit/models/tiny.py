@@ -23,7 +23,9 @@ from .loading import MODELS, cache_dir
 TINY_HIDDEN = 32
 
 
-def _tiny_vae() -> AutoencoderKL:
+def tiny_vae() -> AutoencoderKL:
+    """A two-level autoencoder (4 latent channels, downsampling 2): the tiny pipelines' VAE, and the full-size
+    benchmarks' where only the UNet and text encoders matter (it saves memory)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -57,7 +59,7 @@ def build_tiny_pipeline(seed: int = 0, family: str = "sd1") -> DiffusionPipeline
             norm_num_groups=8,
             use_linear_projection=family == "sd2",
         )
-        vae = _tiny_vae()
+        vae = tiny_vae()
         text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=2, num_heads=4, intermediate_size=64)
     finally:
         torch.random.set_rng_state(gen_state)
@@ -85,7 +87,7 @@ def _tiny_sdxl() -> DiffusionPipeline:
         projection_class_embeddings_input_dim=6 * time_dim + TINY_HIDDEN,
         norm_num_groups=8,
     )
-    vae = _tiny_vae()
+    vae = tiny_vae()
     text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=3, num_heads=4, intermediate_size=64)
     text_encoder_2 = clip_text_encoder(TINY_HIDDEN, num_layers=3, num_heads=4, intermediate_size=64,
                                        projection_dim=TINY_HIDDEN)  # fmt: skip
