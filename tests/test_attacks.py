@@ -40,6 +40,15 @@ ROWS = [
 ]
 
 
+TINY_ATTACKS = {
+    "closed_form": {},
+    "ringabell": {"eta": 1.0},
+    "inversion": {"steps": 2, "references": 2, "batch_size": 2},
+    "token_search": {"steps": 2, "queries": 1, "candidates": 2, "top_k": 4, "prefix": 2, "timesteps": 1},
+}
+"""Every attack with budgets small enough for the tiny pipelines."""
+
+
 def _random_kv(n_layers: int = 3, out: int = 12, d: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {f"layer{i}.to_k.weight": torch.randn(out, d, generator=g, dtype=torch.float64) for i in range(n_layers)}
@@ -242,12 +251,7 @@ def attack_run(tiny_path, tmp_path) -> Path:
         "model": str(tiny_path),
         "prompts": [str(prompts)],
         "edits": {"uce": str(edit)},
-        "attacks": {
-            "closed_form": {},
-            "ringabell": {"eta": 1.0},
-            "inversion": {"steps": 2, "references": 2, "batch_size": 2},
-            "token_search": {"steps": 2, "queries": 1, "candidates": 2, "top_k": 4, "prefix": 2, "timesteps": 1},
-        },
+        "attacks": TINY_ATTACKS,
         "judge": "erasekit.eval.testing:PixelClassifier",
         "sampling_steps": 2,
         "size": 16,
@@ -452,12 +456,7 @@ def test_every_attack_runs_end_to_end_on_every_family_and_reruns_from_the_cache(
         "model": str(family_path),
         "prompts": [str(prompts)],
         "edits": {"uce": str(edit)},
-        "attacks": {
-            "closed_form": {},
-            "ringabell": {"eta": 1.0},
-            "inversion": {"steps": 2, "references": 2, "batch_size": 2},
-            "token_search": {"steps": 2, "queries": 1, "candidates": 2, "top_k": 4, "prefix": 2, "timesteps": 1},
-        },
+        "attacks": TINY_ATTACKS,
         "judge": "erasekit.eval.testing:PixelClassifier",
         "sampling_steps": 2,
         "output": str(tmp_path / "run"),

@@ -213,12 +213,6 @@ class Edit:
             return next(iter(self.weights.values())).dtype
         return getattr(torch, self.info.get("base_dtype", "float32"))
 
-    def check_exportable(self, format: str = "diffusers", **options: Any) -> None:
-        """Refuse, before any work, an export ``format`` that cannot hold this edit (see :mod:`erasekit.exports`)."""
-        from .exports import check_exportable
-
-        check_exportable(self, format, **options)
-
     def fingerprint(self) -> str:
         """sha256 of everything the edit writes into or adds to a pipeline (keys the evaluation's image cache)."""
         tensors = {
