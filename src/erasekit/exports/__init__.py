@@ -9,8 +9,9 @@
   file's metadata. Two key layouts: diffusers/PEFT (``unet.<module>.lora_A.weight`` / ``lora_B.weight``, loaded by
   ``pipe.load_lora_weights``; a Linear bias change is exact as ``lora_B.bias``, PEFT's ``lora_bias``) and kohya
   (``lora_unet_<module_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, what AUTOMATIC1111,
-  Forge and ComfyUI load for SD1.x/SD2.x). A change a LoRA cannot carry (a convolution, a norm, a bias in the kohya
-  layout) is refused with the tensors named rather than silently left out: the LoRA would not erase what the edit does.
+  Forge and ComfyUI load; SDXL's spell the original sgm blocks, ``lora_unet_input_blocks_4_1_...``). A change a LoRA
+  cannot carry (a convolution, a norm, a bias in the kohya layout) is refused with the tensors named rather than
+  silently left out: the LoRA would not erase what the edit does.
 * ``single-file``: the edited SD1.x pipeline as one ``.safetensors`` in the original LDM layout (:mod:`.ldm`), which
   ``StableDiffusionPipeline.from_single_file`` and the web UIs load.
 
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 
 from ..errors import ArtifactError, ConfigError
 from ..io import atomic_dir, atomic_file, check_output
+from . import ldm
 
 if TYPE_CHECKING:
     from ..edits import Edit
@@ -97,11 +99,6 @@ def check_exportable(
             "--format single-file: written for SD1.x only (SD2.x's OpenCLIP and SDXL's two text encoders have other "
             "original layouts); use --format diffusers or --format lora"
         )
-    if format == "lora" and lora_format == "kohya" and edit.info.get("family") == "sdxl":
-        raise ConfigError(
-            "--lora-format kohya: SDXL kohya LoRAs name the original (sgm) UNet blocks, which erasekit does not "
-            "write; use --lora-format diffusers (pipe.load_lora_weights) or --format diffusers"
-        )
 
 
 def export(
@@ -143,15 +140,13 @@ def export_single_file(edit: Edit, pipe: Any, out: str | Path, overwrite: bool =
     ``StableDiffusionPipeline.from_single_file(out, config=<the base model's diffusers folder or hub id>)`` loads it;
     the header key ``erasekit`` says what it erases.
     """
-    from .ldm import ldm_state_dict
-
     check_exportable(edit, "single-file")
     out = _file_output(out, overwrite, "a single-file checkpoint")
     applied_here = not edit.is_applied(pipe)
     if applied_here:
         edit.apply(pipe)
     try:
-        tensors = ldm_state_dict(pipe)
+        tensors = ldm.ldm_state_dict(pipe)
     finally:
         if applied_here:
             edit.remove(pipe)
@@ -267,18 +262,28 @@ def _truncate(
     return LoraFactor(A, B, bias, residual / norm if norm > 0 else 0.0)
 
 
-def kohya_name(module_name: str) -> str:
-    """``down_blocks.0...attn2.to_k`` -> ``lora_unet_down_blocks_0_..._attn2_to_k`` (kohya's SD1.x/SD2.x names)."""
+def kohya_name(module_name: str, sgm_config: dict[str, Any] | None = None) -> str:
+    """A UNet module's kohya LoRA name.
+
+    SD1.x/SD2.x kohya files spell diffusers' path (``down_blocks.0...attn2.to_k`` ->
+    ``lora_unet_down_blocks_0_..._attn2_to_k``); SDXL ones spell the original (sgm) block path
+    (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k``), numbered from the UNet's config
+    (``sgm_config``), which diffusers' kohya reader maps back to the diffusers blocks.
+    """
+    if sgm_config is not None:
+        module_name = ldm.unet_key(f"{module_name}.weight", sgm_config).removesuffix(".weight")
     return "lora_unet_" + module_name.replace(".", "_")
 
 
-def lora_tensors(factors: dict[str, LoraFactor], layout: str) -> dict[str, torch.Tensor]:
-    """The LoRA file's tensors in ``layout`` (``diffusers`` or ``kohya``)."""
+def lora_tensors(
+    factors: dict[str, LoraFactor], layout: str, sgm_config: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """The LoRA file's tensors in ``layout`` (``diffusers`` or ``kohya``; ``sgm_config``: see :func:`kohya_name`)."""
     tensors = {}
     with_bias = any(f.bias is not None for f in factors.values())
     for module_name, f in factors.items():
         if layout == "kohya":
-            key = kohya_name(module_name)
+            key = kohya_name(module_name, sgm_config)
             tensors[f"{key}.lora_down.weight"] = f.A
             tensors[f"{key}.lora_up.weight"] = f.B
             tensors[f"{key}.alpha"] = torch.tensor(float(f.A.shape[0]), dtype=f.A.dtype)  # alpha / rank = scale 1
@@ -333,5 +338,7 @@ def export_lora(
     }
     meta = export_metadata(edit, format="erasekit.lora/1", lora=lora)
     with atomic_file(out) as tmp:
-        save_file(lora_tensors(factors, layout), str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        sgm = dict(pipe.unet.config) if kohya and edit.info.get("family") == "sdxl" else None
+        metadata = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
+        save_file(lora_tensors(factors, layout, sgm), str(tmp), metadata=metadata)
     return Export(out, "lora", ranks, errors)
