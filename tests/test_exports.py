@@ -141,11 +141,34 @@ def test_single_file_checkpoint_loads_with_from_single_file_into_the_edited_pipe
     assert header(path)["method"] == "uce"
 
 
+@pytest.mark.parametrize("model", ["erasekit:tiny-sd2", "erasekit:tiny-xl"])
+def test_single_file_of_sd2_and_sdxl_loads_into_the_edited_pipeline(model, tmp_path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    base = load_pipeline(model)
+    folder = tmp_path / "base"
+    base.save_pretrained(folder)
+    edit = erase(load_pipeline(model), DOG, preserve=["cat"])
+    path = export(edit, base, tmp_path / "erased.safetensors", "single-file").path
+    with safe_open(str(path), framework="pt") as handle:
+        keys = set(handle.keys())
+    openclip = "cond_stage_model.model." if model == "erasekit:tiny-sd2" else "conditioner.embedders.1.model."
+    assert f"{openclip}transformer.resblocks.0.attn.in_proj_weight" in keys  # OpenCLIP's fused q/k/v
+    cls = StableDiffusionXLPipeline if model == "erasekit:tiny-xl" else StableDiffusionPipeline
+    loaded = cls.from_single_file(str(path), config=str(folder), local_files_only=True)
+    edited = edit.apply(load_pipeline(model))
+    components = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if model == "erasekit:tiny-xl" else [])
+    for component in components:
+        ours, theirs = getattr(edited, component).state_dict(), getattr(loaded, component).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), component
+
+
 def test_single_file_refuses_other_families_before_any_work(uce_edit, tiny_base, tmp_path):
     edit = Edit.load(uce_edit.save(tmp_path / "dog.safetensors"))
-    edit.info["family"] = "sd2"
-    with pytest.raises(ConfigError, match=r"SD1\.x only"):
+    edit.info["family"] = "flux"
+    with pytest.raises(ConfigError, match=r"SD1\.x, SD2\.x and SDXL"):
         edit.export(load_pipeline(tiny_base), tmp_path / "x.safetensors", format="single-file")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_every_export_says_what_it_erases(uce_edit, tiny_base, tmp_path):

@@ -163,10 +163,10 @@ def test_an_sdxl_folder_that_lists_an_encoder_it_does_not_hold_is_one_line(model
 def test_cross_attention_wider_than_the_encoders_is_one_line(models, tmp_path):
     def wider_first_encoder(folder: Path, _index: dict) -> None:
         shutil.rmtree(folder / "text_encoder")
-        clip_text_encoder(48, num_layers=3, num_heads=4, intermediate_size=64).save_pretrained(folder / "text_encoder")
+        clip_text_encoder(64, num_layers=3, num_heads=4, intermediate_size=64).save_pretrained(folder / "text_encoder")
 
     folder = _broken(models, tmp_path, wider_first_encoder)
-    assert_one_line_error(_erase(folder, tmp_path), "expects 64-d context", "produce 80-d embeddings")
+    assert_one_line_error(_erase(folder, tmp_path), "expects 80-d context", "produce 112-d embeddings")
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ def test_uce_2025_on_sdxl_equals_the_closed_form_on_encode_prompt_rows(xl_pipe):
         return torch.stack([full[i, last_token(xl_pipe, t)] for i, t in enumerate(texts)])
 
     C, G, R = last_rows(ERASED), last_rows(GUIDES), last_rows(PRESERVED)
-    assert C.shape[1] == 64, "tiny-xl: 32 + 32-d encoders concatenated"
+    assert C.shape[1] == 80, "tiny-xl: 32 + 48-d encoders concatenated"
     edit = UCE(token_policy="uce_2025", lamb=LAM, erase_scale=S_E, preserve_scale=S_P, preserve_empty=False).fit(
         ModelAdapter(xl_pipe), CONCEPTS
     )

@@ -285,8 +285,8 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="diffusers: a pipeline folder; lora: the weight change as a LoRA file; single-file: one SD1.x "
-            "checkpoint in the original layout (from_single_file, web UIs).",
+            help="diffusers: a pipeline folder; lora: the weight change as a LoRA file; single-file: one "
+            "SD1.x/SD2.x/SDXL checkpoint in the original layout (from_single_file, web UIs).",
         ),
     ] = "diffusers",
     lora_format: Annotated[

@@ -12,8 +12,8 @@
   Forge and ComfyUI load; SDXL's spell the original sgm blocks, ``lora_unet_input_blocks_4_1_...``). A change a LoRA
   cannot carry (a convolution, a norm, a bias in the kohya layout) is refused with the tensors named rather than
   silently left out: the LoRA would not erase what the edit does.
-* ``single-file``: the edited SD1.x pipeline as one ``.safetensors`` in the original LDM layout (:mod:`.ldm`), which
-  ``StableDiffusionPipeline.from_single_file`` and the web UIs load.
+* ``single-file``: the edited SD1.x, SD2.x or SDXL pipeline as one ``.safetensors`` in the original LDM layout
+  (:mod:`.ldm`), which ``from_single_file`` and the web UIs load.
 
 Module edits (GLoCE, DuMo) add layers, not weights: no format can hold them; their artifact is the export.
 """
@@ -94,10 +94,10 @@ def check_exportable(
             f"a {edit.method} edit adds modules ({edit.module_kind}) that {holder} cannot hold: "
             "ship the .safetensors artifact and apply it with erasekit.load_edit(pipe, path)"
         )
-    if format == "single-file" and edit.info.get("family", "sd1") != "sd1":
+    if format == "single-file" and edit.info.get("family", "sd1") not in ldm.TEXT_PREFIXES:
         raise ConfigError(
-            "--format single-file: written for SD1.x only (SD2.x's OpenCLIP and SDXL's two text encoders have other "
-            "original layouts); use --format diffusers or --format lora"
+            f"--format single-file: written for SD1.x, SD2.x and SDXL, not the '{edit.info['family']}' family; "
+            "use --format diffusers"
         )
 
 
@@ -135,10 +135,10 @@ def _file_output(out: str | Path, overwrite: bool, what: str) -> Path:
 
 
 def export_single_file(edit: Edit, pipe: Any, out: str | Path, overwrite: bool = False) -> Export:
-    """Write the SD1.x pipeline with the edit applied as one checkpoint in the original LDM layout.
+    """Write the pipeline with the edit applied as one checkpoint in the original LDM layout (SD1.x, SD2.x, SDXL).
 
-    ``StableDiffusionPipeline.from_single_file(out, config=<the base model's diffusers folder or hub id>)`` loads it;
-    the header key ``erasekit`` says what it erases.
+    ``StableDiffusionPipeline.from_single_file(out, config=<the base model's diffusers folder or hub id>)`` loads it
+    (``StableDiffusionXLPipeline`` for SDXL); the header key ``erasekit`` says what it erases.
     """
     check_exportable(edit, "single-file")
     out = _file_output(out, overwrite, "a single-file checkpoint")
@@ -146,7 +146,7 @@ def export_single_file(edit: Edit, pipe: Any, out: str | Path, overwrite: bool =
     if applied_here:
         edit.apply(pipe)
     try:
-        tensors = ldm.ldm_state_dict(pipe)
+        tensors = ldm.ldm_state_dict(pipe, edit.info.get("family", "sd1"))
     finally:
         if applied_here:
             edit.remove(pipe)

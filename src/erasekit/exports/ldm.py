@@ -1,11 +1,16 @@
-"""The original LDM single-file layout of an SD1.x pipeline (what ``from_single_file`` and the web UIs load).
+"""The original LDM single-file layout of an SD1.x, SD2.x or SDXL pipeline (what ``from_single_file`` and the web
+UIs load).
 
 diffusers ships the conversion only towards diffusers (``loaders/single_file_utils.py``:
-``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``). This module writes
-the reverse renaming, driven by the components' configs as diffusers' is (block numbering from ``layers_per_block``),
-and checks every result by running diffusers' own conversion on it: the round trip must give back every tensor under
-its name, bit for bit, or nothing is written. SD1.x only: SD2.x stores OpenCLIP with fused q/k/v, SDXL has two text
-encoders.
+``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``,
+``convert_open_clip_checkpoint``). This module writes the reverse renaming, driven by the components' configs as
+diffusers' is (block numbering from ``layers_per_block``), and checks every result by running diffusers' own conversion
+on it: the round trip must give back every tensor under its name, bit for bit, or nothing is written.
+
+Text encoders by family: SD1.x's CLIP keeps transformers' names under ``cond_stage_model.transformer.``; SD2.x's
+OpenCLIP (``cond_stage_model.model.``) fuses q/k/v into one ``in_proj`` and renames the rest; SDXL holds CLIP ViT-L
+under ``conditioner.embedders.0.transformer.`` and OpenCLIP bigG under ``conditioner.embedders.1.model.``, with its
+``text_projection`` transposed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from ..errors import ConfigError, ModelLayoutError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.transformer."
+TEXT_PREFIXES = {  # family -> the prefix of each text encoder (pipeline attribute) in the original layout
+    "sd1": {"text_encoder": "cond_stage_model.transformer."},
+    "sd2": {"text_encoder": "cond_stage_model.model."},
+    "sdxl": {
+        "text_encoder": "conditioner.embedders.0.transformer.",
+        "text_encoder_2": "conditioner.embedders.1.model.",
+    },
+}
+OPENCLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+            "self_attn.out_proj": "attn.out_proj"}  # fmt: skip
 
 # diffusers' resnet names -> LDM's (the inverse of ``update_unet_resnet_ldm_to_diffusers``)
 UNET_RESNET = {
@@ -41,9 +55,10 @@ def unet_key(key: str, config: dict[str, Any]) -> str:
     """A diffusers UNet state-dict name -> its LDM name (without the ``model.diffusion_model.`` prefix)."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-    layers = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
-    if key in layers:
-        return layers[key]
+    mapping = DIFFUSERS_TO_LDM_MAPPING["unet"]
+    for names in (mapping["layers"], mapping["addition_embed_type"]):  # SDXL's add_embedding is LDM's label_emb
+        if key in names:
+            return names[key]
     per_block = config["layers_per_block"] + 1  # LDM: the resnets, then the down/upsampler, numbered on
     parts = key.split(".")
     if parts[0] == "down_blocks":
@@ -98,35 +113,79 @@ def vae_key(key: str, config: dict[str, Any]) -> str:
     raise ModelLayoutError(f"no LDM name for the VAE tensor '{key}'")
 
 
-def ldm_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
-    """Copies of ``pipe``'s UNet, VAE and text encoder under their LDM names, checked against diffusers' conversion."""
+def hf_text_state_dict(encoder: Any) -> dict[str, torch.Tensor]:
+    """``encoder``'s tensors under transformers' full names (``text_model.``; newer transformers flatten
+    CLIPTextModel, the original layout and diffusers' conversion keep the wrapper), without position ids."""
+    return {
+        k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v
+        for k, v in encoder.state_dict().items()
+        if not k.endswith("position_ids")
+    }
+
+
+def openclip_state_dict(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers CLIP names -> OpenCLIP's: q/k/v fused into ``in_proj``, ``text_projection`` transposed."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in text.items():
+        if key == "text_projection.weight":
+            out["text_projection"] = value.T
+        elif key == "text_model.embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif key == "text_model.embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif key.startswith("text_model.final_layer_norm."):
+            out["ln_final." + key.rpartition(".")[2]] = value
+        elif key.startswith("text_model.encoder.layers."):
+            layer, _, rest = key.removeprefix("text_model.encoder.layers.").partition(".")
+            block = f"transformer.resblocks.{layer}."
+            if rest.startswith("self_attn.q_proj."):
+                kind = rest.rpartition(".")[2]
+                parts = [text[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"]
+                out[f"{block}attn.in_proj_{kind}"] = torch.cat(parts)
+            elif not rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+                module, _, kind = rest.rpartition(".")
+                out[f"{block}{OPENCLIP.get(module, module)}.{kind}"] = value
+        else:
+            raise ModelLayoutError(f"no OpenCLIP name for the text-encoder tensor '{key}'")
+    return out
+
+
+def ldm_state_dict(pipe: Any, family: str) -> dict[str, torch.Tensor]:
+    """Copies of ``pipe``'s UNet, VAE and text encoder(s) under their LDM names for ``family`` (sd1, sd2, sdxl),
+    checked against diffusers' conversion."""
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
     )
 
-    if getattr(pipe, "text_encoder_2", None) is not None or type(pipe.text_encoder).__name__ != "CLIPTextModel":
-        raise ConfigError("--format single-file: written for SD1.x pipelines only (one CLIP text encoder)")
+    if family not in TEXT_PREFIXES:
+        raise ConfigError(f"--format single-file: no original layout for the '{family}' family (sd1, sd2, sdxl)")
     unet, vae = pipe.unet.state_dict(), pipe.vae.state_dict()
-    text = {  # the original layout holds transformers' CLIPTextModel with its text_model wrapper (older transformers)
-        k if k.startswith("text_model.") else f"text_model.{k}": v
-        for k, v in pipe.text_encoder.state_dict().items()
-        if not k.endswith("position_ids")
-    }
     checkpoint = {UNET_PREFIX + unet_key(k, pipe.unet.config): v for k, v in unet.items()}
     for key, value in vae.items():
         name = vae_key(key, pipe.vae.config)
         if ".mid.attn_1." in name and value.ndim == 2:  # LDM's VAE attention projections are 1x1 convolutions
             value = value[:, :, None, None]
         checkpoint[VAE_PREFIX + name] = value
-    checkpoint.update({TEXT_PREFIX + k: v for k, v in text.items()})
+    texts = {}
+    for attribute, prefix in TEXT_PREFIXES[family].items():
+        texts[attribute] = hf_text_state_dict(getattr(pipe, attribute))
+        original = texts[attribute] if prefix.endswith("transformer.") else openclip_state_dict(texts[attribute])
+        checkpoint.update({prefix + k: v for k, v in original.items()})
     checkpoint = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in checkpoint.items()}
-    for what, original, back in [
+    checks = [
         ("UNet", unet, convert_ldm_unet_checkpoint(checkpoint, dict(pipe.unet.config))),
         ("VAE", vae, convert_ldm_vae_checkpoint(checkpoint, dict(pipe.vae.config))),
-        ("text encoder", text, convert_ldm_clip_checkpoint(checkpoint)),
-    ]:
+    ]
+    for attribute, prefix in TEXT_PREFIXES[family].items():
+        if prefix.endswith("transformer."):
+            back = convert_ldm_clip_checkpoint(checkpoint)
+        else:
+            back = convert_open_clip_checkpoint(getattr(pipe, attribute), checkpoint, prefix=prefix)
+        checks.append((attribute.replace("_", " "), texts[attribute], back))
+    for what, original, back in checks:
         lost = sorted(
             k for k in original if k not in back or not torch.equal(back[k].reshape(original[k].shape), original[k])
         )

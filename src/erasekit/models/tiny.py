@@ -20,7 +20,10 @@ from ..io import atomic_dir
 from .build import assemble_pipeline, assemble_sdxl_pipeline, clip_text_encoder
 from .loading import MODELS, cache_dir
 
+LAYOUT_VERSION = 2
+"""Part of the cache folder's name: bumped whenever a tiny architecture changes, so no stale build is reused."""
 TINY_HIDDEN = 32
+TINY_HIDDEN_2 = 48  # SDXL's second (OpenCLIP bigG-like) encoder
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -67,7 +70,8 @@ def build_tiny_pipeline(seed: int = 0, family: str = "sd1") -> DiffusionPipeline
 
 
 def _tiny_sdxl() -> DiffusionPipeline:
-    """SDXL's layout in miniature: 32 + 32-d encoders (3 layers, so the penultimate differs from the last), a UNet
+    """SDXL's layout in miniature: 32 + 48-d encoders (3 layers, so the penultimate differs from the last; of unequal
+    widths, as CLIP ViT-L's 768 and bigG's 1280, which is how single-file loaders tell them apart), a UNet
     whose first level has no attention and whose second has two transformer layers, pooled + six size ids."""
     time_dim = 8
     unet = UNet2DConditionModel(
@@ -81,16 +85,16 @@ def _tiny_sdxl() -> DiffusionPipeline:
         transformer_layers_per_block=(1, 2),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
-        cross_attention_dim=2 * TINY_HIDDEN,
+        cross_attention_dim=TINY_HIDDEN + TINY_HIDDEN_2,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=6 * time_dim + TINY_HIDDEN,
+        projection_class_embeddings_input_dim=6 * time_dim + TINY_HIDDEN_2,
         norm_num_groups=8,
     )
     vae = tiny_vae()
     text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=3, num_heads=4, intermediate_size=64)
-    text_encoder_2 = clip_text_encoder(TINY_HIDDEN, num_layers=3, num_heads=4, intermediate_size=64,
-                                       projection_dim=TINY_HIDDEN)  # fmt: skip
+    text_encoder_2 = clip_text_encoder(TINY_HIDDEN_2, num_layers=3, num_heads=4, intermediate_size=96,
+                                       projection_dim=TINY_HIDDEN_2)  # fmt: skip
     return assemble_sdxl_pipeline(vae, unet, text_encoder, text_encoder_2)
 
 
@@ -125,4 +129,4 @@ def tiny_model(variant: str | None) -> Path:
     cached under :func:`cache_dir`."""
     family, seed = tiny_variant(variant)
     name = f"tiny-{seed}" if family == "sd1" else f"tiny-{family}-{seed}"
-    return tiny_pipeline(cache_dir() / name, seed=seed, family=family)
+    return tiny_pipeline(cache_dir() / f"{name}-layout{LAYOUT_VERSION}", seed=seed, family=family)
