@@ -500,13 +500,13 @@ def test_cfr_pairs_one_set_of_positions_for_both_sdxl_tokenizers(monkeypatch):
 
 
 def test_caption_statistics_are_cached_per_encoders_and_tokenizers(monkeypatch, tmp_path):
-    """SDXL's Gram covers both encoders' halves (2 x 32 columns on tiny-xl); another padding token is another key."""
+    """SDXL's Gram covers both encoders' halves (32 + 48 columns on tiny-xl); another padding token is another key."""
     monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path))
     pipe = load_pipeline("erasekit:tiny-xl")
     model = ModelAdapter(pipe)
     texts = ["a red car", "a tree"]
     gram_bang = cached_text_gram(model, texts)
-    assert gram_bang.shape == (64, 64) and torch.equal(gram_bang, text_gram(model, texts))
+    assert gram_bang.shape == (80, 80) and torch.equal(gram_bang, text_gram(model, texts))
     pipe.tokenizer_2.pad_token = pipe.tokenizer_2.eos_token
     gram_eos = cached_text_gram(model, texts)
     assert len(list((tmp_path / "mace").glob("gram-*.safetensors"))) == 2
