@@ -38,7 +38,9 @@ def erase(
     method_class = get_method(method)
     method_class.check_fit_options(fit_kwargs)
     estimator = method_class(params)
-    return estimator.fit(ModelAdapter(pipe), concept_set, **fit_kwargs)
+    adapter = ModelAdapter(pipe)
+    method_class.check_model(adapter)
+    return estimator.fit(adapter, concept_set, **fit_kwargs)
 
 
 def run_config(config: RunConfig) -> Edit:
@@ -46,6 +48,8 @@ def run_config(config: RunConfig) -> Edit:
     estimator = get_method(config.method)(config.params)  # validate params before loading the model
     torch.manual_seed(config.seed)
     pipe = load_pipeline(config.model, dtype=DTYPES[config.dtype], device=process_device(config.device))
-    edit = estimator.fit(ModelAdapter(pipe), config.concept_set)
+    adapter = ModelAdapter(pipe)
+    estimator.check_model(adapter)
+    edit = estimator.fit(adapter, config.concept_set)
     edit.info.setdefault("model", config.model)
     return edit

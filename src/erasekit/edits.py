@@ -55,7 +55,7 @@ EXTRAS_PREFIX = "extras/"
 MODULES_PREFIX = "modules/"
 
 MODULE_GROUP = "erasekit.modules"
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1"}
 
 Detach = Callable[[], None]
 Attach = Callable[[Any, dict[str, torch.Tensor], dict[str, Any]], Detach]
@@ -227,7 +227,7 @@ class Edit:
         return hashlib.sha256(f"{digest}|{spec}".encode()).hexdigest()
 
     def is_applied(self, pipe) -> bool:
-        return id(pipe.unet) in self._applied
+        return _denoiser_id(pipe) in self._applied
 
     def apply(self, pipe, check: bool = True) -> Any:
         """Write the edit into ``pipe``'s UNet in place and return ``pipe``.
@@ -241,14 +241,14 @@ class Edit:
         self._check_base(model, check)
         originals = model.replace_weights(self.weights)
         detach = attach(pipe, self.modules, self.module_spec) if attach is not None else None
-        self._applied[id(pipe.unet)] = (originals, detach)
+        self._applied[_denoiser_id(pipe)] = (originals, detach)
         return pipe
 
     def base_weights(self, pipe) -> dict[str, torch.Tensor]:
         """Copies of the tensors this edit replaces, from ``pipe``, which must carry the weights it was fitted on."""
         model = ModelAdapter(pipe)
         if self.is_applied(pipe):
-            return {n: t.clone() for n, t in self._applied[id(pipe.unet)][0].items()}
+            return {n: t.clone() for n, t in self._applied[_denoiser_id(pipe)][0].items()}
         self._check_base(model, check=True)
         return {n: p.detach().cpu().clone() for n, p in model.unet_parameters(list(self.weights)).items()}
 
@@ -285,7 +285,7 @@ class Edit:
 
     def remove(self, pipe) -> Any:
         """Take out the added modules and restore the replaced tensors, bit for bit; return ``pipe``."""
-        applied = self._applied.pop(id(pipe.unet), None)
+        applied = self._applied.pop(_denoiser_id(pipe), None)
         if applied is None:
             raise ArtifactError("this edit is not applied to this pipeline, so it cannot be removed")
         originals, detach = applied
@@ -486,3 +486,15 @@ def load_edit(pipe, path: str | Path, check: bool = True, verify: bool = True) -
     edit = Edit.load(path, verify=verify)
     edit.apply(pipe, check=check)
     return edit
+
+
+def denoiser_of(pipe: Any) -> tuple[str, Any]:
+    """The pipeline component every edit changes and its name: ``("unet", pipe.unet)``, or a transformer pipeline's
+    ``("transformer", pipe.transformer)`` (FLUX)."""
+    transformer = getattr(pipe, "transformer", None)
+    return ("transformer", transformer) if transformer is not None else ("unet", pipe.unet)
+
+
+def _denoiser_id(pipe: Any) -> int:
+    """Which network an applied edit is recorded against."""
+    return id(denoiser_of(pipe)[1])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from ..edits import denoiser_of
 from ..errors import ArtifactError, ConfigError
 from ..io import atomic_dir, atomic_file, check_output
 from . import ldm
@@ -93,6 +94,11 @@ def check_exportable(
         raise ArtifactError(
             f"a {edit.method} edit adds modules ({edit.module_kind}) that {holder} cannot hold: "
             "ship the .safetensors artifact and apply it with erasekit.load_edit(pipe, path)"
+        )
+    if format == "lora" and lora_format == "kohya" and edit.info.get("family", "sd1") not in ldm.TEXT_PREFIXES:
+        raise ConfigError(
+            f"--lora-format kohya: written for SD1.x, SD2.x and SDXL, not the '{edit.info['family']}' family; "
+            "use --lora-format diffusers"
         )
     if format == "single-file" and edit.info.get("family", "sd1") not in ldm.TEXT_PREFIXES:
         raise ConfigError(
@@ -197,12 +203,12 @@ def lora_factors(
     """
     _check_lora_options(rank, energy)
     base = edit.base_weights(pipe)
-    unet = pipe.unet
+    _, denoiser = denoiser_of(pipe)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     unexpressible = []
     for name in sorted(edit.weights):
         module_name, _, kind = name.rpartition(".")
-        module = unet.get_submodule(module_name)
+        module = denoiser.get_submodule(module_name)
         if isinstance(module, torch.nn.Linear) and (kind == "weight" or (kind == "bias" and with_bias)):
             modules.setdefault(module_name, {})[kind] = edit.weights[name].double() - base[name].double()
         elif torch.equal(edit.weights[name], base[name]):
@@ -224,7 +230,7 @@ def lora_factors(
         bias = bias.to(dtype) if bias is not None and bias.any() else None
         weight = delta.get("weight")
         if weight is None:  # only the bias changed: a zero pair carries it
-            weight = torch.zeros_like(unet.get_submodule(module_name).weight, dtype=torch.float64, device="cpu")
+            weight = torch.zeros_like(denoiser.get_submodule(module_name).weight, dtype=torch.float64, device="cpu")
         if weight.any() or bias is not None:
             changes[module_name] = (torch.linalg.svd(weight, full_matrices=False), weight, bias)
     ranks = {m: _rank(svd[1], rank, energy) for m, (svd, _, _) in changes.items()}
@@ -276,9 +282,10 @@ def kohya_name(module_name: str, sgm_config: dict[str, Any] | None = None) -> st
 
 
 def lora_tensors(
-    factors: dict[str, LoraFactor], layout: str, sgm_config: dict[str, Any] | None = None
+    factors: dict[str, LoraFactor], layout: str, sgm_config: dict[str, Any] | None = None, component: str = "unet"
 ) -> dict[str, torch.Tensor]:
-    """The LoRA file's tensors in ``layout`` (``diffusers`` or ``kohya``; ``sgm_config``: see :func:`kohya_name`)."""
+    """The LoRA file's tensors in ``layout`` (``diffusers`` or ``kohya``; ``sgm_config``: see :func:`kohya_name`);
+    diffusers keys start with the edited ``component`` (``unet``, or FLUX's ``transformer``)."""
     tensors = {}
     with_bias = any(f.bias is not None for f in factors.values())
     for module_name, f in factors.items():
@@ -288,11 +295,11 @@ def lora_tensors(
             tensors[f"{key}.lora_up.weight"] = f.B
             tensors[f"{key}.alpha"] = torch.tensor(float(f.A.shape[0]), dtype=f.A.dtype)  # alpha / rank = scale 1
         else:
-            tensors[f"unet.{module_name}.lora_A.weight"] = f.A
-            tensors[f"unet.{module_name}.lora_B.weight"] = f.B
+            tensors[f"{component}.{module_name}.lora_A.weight"] = f.A
+            tensors[f"{component}.{module_name}.lora_B.weight"] = f.B
             if with_bias:  # PEFT's lora_bias is all or nothing: every layer needs one (zero where unchanged)
                 bias = f.bias if f.bias is not None else torch.zeros(f.B.shape[0], dtype=f.B.dtype)
-                tensors[f"unet.{module_name}.lora_B.bias"] = bias
+                tensors[f"{component}.{module_name}.lora_B.bias"] = bias
     return tensors
 
 
@@ -340,5 +347,6 @@ def export_lora(
     with atomic_file(out) as tmp:
         sgm = dict(pipe.unet.config) if kohya and edit.info.get("family") == "sdxl" else None
         metadata = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
-        save_file(lora_tensors(factors, layout, sgm), str(tmp), metadata=metadata)
+        component = denoiser_of(pipe)[0]
+        save_file(lora_tensors(factors, layout, sgm, component), str(tmp), metadata=metadata)
     return Export(out, "lora", ranks, errors)

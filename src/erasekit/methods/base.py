@@ -26,7 +26,7 @@ from dataclasses import fields
 from typing import Any, ClassVar, TypeVar
 
 from ..concepts import Concept, ConceptSet
-from ..edits import Edit
+from ..edits import FAMILY_NAMES, Edit
 from ..errors import ConfigError
 from ..models.adapter import ModelAdapter
 from ..registry import Registry, load_plugins
@@ -40,6 +40,8 @@ C = TypeVar("C")
 DEFAULT_GUIDES = {"style": "art", "object": " ", "explicit": " ", "celebrity": "a person"}
 
 AUTO = "auto"
+UNET_FAMILIES = ("sd1", "sd2", "sdxl")
+"""Families whose denoiser is a UNet with cross-attention layers, which every method edits."""
 
 
 def _import_methods(name: str | None) -> None:
@@ -92,6 +94,8 @@ class Method(ABC):
     config_class: ClassVar[type]
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     """Built-in presets by name; a preset named after a concept kind is that kind's default."""
+    families: ClassVar[tuple[str, ...]] = UNET_FAMILIES
+    """The model families (:attr:`ModelAdapter.family`) the method edits."""
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         where = f"{self.name} params"
@@ -143,6 +147,16 @@ class Method(ABC):
     @abstractmethod
     def fit(self, model: ModelAdapter, concepts: ConceptSet, **options: Any) -> Edit:
         """Compute the edit that erases ``concepts`` from ``model`` (the model itself is left unchanged)."""
+
+    @classmethod
+    def check_model(cls, model: ModelAdapter) -> None:
+        """A model of a family the method does not edit is a :class:`ConfigError` naming the methods that do."""
+        if model.family not in cls.families:
+            able = [n for n in METHODS.names() if model.family in get_method(n).families]
+            raise ConfigError(
+                f"{cls.name} does not edit {FAMILY_NAMES.get(model.family, model.family)} models; "
+                f"methods that do: {', '.join(able) or 'none'}"
+            )
 
     @classmethod
     def fit_options(cls) -> list[str]:

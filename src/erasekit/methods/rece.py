@@ -34,7 +34,7 @@ from ..linalg import gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..models.cache import digest, memo_fingerprint
 from ..validation import check_at_least
-from .base import Method, guide_for, register_method
+from .base import UNET_FAMILIES, Method, guide_for, register_method
 from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_transform
 
 # Per-kind presets from the authors' README, model card and scripts. Celebrities are not in RECE's code: they take
@@ -86,13 +86,13 @@ def original_gram(weights: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def cached_original_gram(model: ModelAdapter, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    """:func:`original_gram`, kept in ``model.tensor_cache`` by the fingerprint of the UNet weights it sums (and the
+    """:func:`original_gram`, kept in ``model.tensor_cache`` by the fingerprint of the weights it sums (and the
     device kind and torch version that computed it): the same bits as computing it, at the cost of a file read."""
     cache = model.tensor_cache
     if cache is None:
         return original_gram(weights)
     device = next(iter(weights.values())).device
-    key = digest("rece-gram", torch.__version__, device.type, memo_fingerprint(model.unet, weights))
+    key = digest("rece-gram", torch.__version__, device.type, memo_fingerprint(model.denoiser, weights))
     found = cache.get("rece-gram", key)
     if found is not None:
         return found["G"].to(device)
@@ -108,6 +108,7 @@ class RECE(Method):
 
     name = "rece"
     config_class = RECEConfig
+    families = (*UNET_FAMILIES, "flux")
     presets = PRESETS
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet, *, validator: Validator | None = None) -> Edit:
@@ -122,6 +123,7 @@ class RECE(Method):
         texts = list(dict.fromkeys([*words, *guide_texts, *preserve]))
         embeddings = dict(zip(texts, model.encode(texts), strict=True))
         T = UCE(cfg.uce).transform(model, concepts, embeddings)
+        pooled = UCE(cfg.uce).pooled(model, concepts)  # FLUX's pooled map: UCE's edit, not refined by the epochs
         originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)  # live, left unchanged
         G = cached_original_gram(model, originals)
         per_kind = {kind: self.settings(kind) for kind in dict.fromkeys(c.kind for c in concepts)}
@@ -156,10 +158,10 @@ class RECE(Method):
 
         scores = []  # of every epoch (0 = the UCE stage), with its weights temporarily in the model
         for epoch, T_epoch in enumerate(history if validator is not None else []):
-            with model.temporary_weights(transform_weights(originals, T_epoch)):
+            with model.temporary_weights({**transform_weights(originals, T_epoch), **pooled}):
                 scores.append(float(validator(epoch, model)))
         best = min(range(len(scores)), key=scores.__getitem__) if scores else len(history) - 1
-        weights = transform_weights(originals, history[best])
+        weights = {**transform_weights(originals, history[best]), **pooled}
         info = {"epochs_run": epochs, "selected_epoch": best, "validation_scores": scores}
         config = self.edit_config(cfg)
         return Edit.from_weights(self.name, config, concepts.to_dict(), model, weights, extras=derived, info=info)

@@ -41,8 +41,8 @@ from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import Seed, check_at_least
-from .base import DEFAULT_GUIDES, Method, guide_for, register_method, single_kind
-from .uce import selected_weights, transform_weights
+from .base import DEFAULT_GUIDES, UNET_FAMILIES, Method, guide_for, register_method, single_kind
+from .uce import UCEConfig, pooled_weights, selected_weights, transform_weights
 
 # The anchors of the reference scripts: "" (the start row) for objects and explicit content, "art" for styles,
 # "person" for celebrities.
@@ -209,6 +209,7 @@ class SPEED(Method):
 
     name = "speed"
     config_class = SPEEDConfig
+    families = (*UNET_FAMILIES, "flux")
     presets = PRESETS
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
@@ -226,18 +227,19 @@ class SPEED(Method):
         emb = lambda text: rows[text].to(torch.float64)  # noqa: E731
         last = lambda text: emb(text)[model.last_word_index(text)]  # noqa: E731
         empty = model.encode([""])[0].to(torch.float64)
+        words = model.word_offset  # rows before it: CLIP's start token (T5 has none)
         if cfg.all_tokens:  # every row after the start token, paired by position (the reference's nudity mode)
-            c1 = torch.cat([emb(t)[1:] for t in targets])
-            c_star = torch.cat([emb(a)[1:] for a in anchors])
+            c1 = torch.cat([emb(t)[words:] for t in targets])
+            c_star = torch.cat([emb(a)[words:] for a in anchors])
         else:
             c1 = torch.stack([last(t) for t in targets])
             c_star = torch.stack([last(a) for a in anchors])
         retain = torch.stack([last(t) for t in preserve]) if preserve else empty[:0]
         if cfg.all_tokens:
-            retain = torch.cat([retain, empty[1:]])
+            retain = torch.cat([retain, empty[words:]])
         T, A = gram(c1, 1 / len(c1)), cross(c_star, c1, 1 / len(c1))
         C2 = (
-            torch.cat([empty[:1], kmeans(empty[1:], IEC_CENTROIDS, torch.Generator().manual_seed(cfg.seed))]).T
+            torch.cat([empty[:words], kmeans(empty[words:], IEC_CENTROIDS, torch.Generator().manual_seed(cfg.seed))]).T
             if cfg.iec
             else empty[:0].T
         )
@@ -259,6 +261,9 @@ class SPEED(Method):
                 transform = shared
             edited.update(transform_weights({name: weight}, transform))
             kept[name] = len(refined)
+        uce = UCEConfig()  # FLUX's pooled map: UCE's closed form with its defaults (one vector per text to keep)
+        pairs = list(zip(targets, anchors, strict=True))
+        edited.update(pooled_weights(model, pairs, preserve, 1.0, max(0.1, 1 / max(len(preserve), 1)), uce.lamb))
         info = {"retain_texts": len(preserve), "refined_retain_rows": kept}
         config = self.edit_config(cfg)
         return Edit.from_weights(self.name, config, concepts.to_dict(), model, edited, info=info)

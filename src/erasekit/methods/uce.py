@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import check_at_least
-from .base import Method, guide_for, register_method
+from .base import UNET_FAMILIES, Method, guide_for, register_method
 
 TokenPolicy = Literal["uce_legacy", "uce_2025", "rece"]
 
@@ -165,14 +165,30 @@ def transform_weights(weights: dict[str, torch.Tensor], T: torch.Tensor) -> dict
 
 
 def selected_weights(model: ModelAdapter, keys: bool, values: bool) -> dict[str, torch.Tensor]:
-    """The K and/or V weights a closed-form edit changes."""
-    chosen = {}
-    for layer in model.layers:
-        if keys:
-            chosen[layer.key_weight] = layer.to_k.weight
-        if values:
-            chosen[layer.value_weight] = layer.to_v.weight
-    return chosen
+    """The weights a closed-form edit changes: the K and/or V projections of the text rows (FLUX: the one map of
+    T5's rows)."""
+    return dict(model.text_projections(keys, values))
+
+
+def pooled_weights(
+    model: ModelAdapter, pairs: list[tuple[str, str]], preserve: list[str], erase_scale: float, preserve_scale: float,
+    lamb: float,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The edited weights of the maps that read the pooled text vector alone (FLUX's; none on UNet families).
+
+    Every closed-form method edits them with UCE's closed form over pooled vectors, one per text: each erased text's
+    vector is sent where its guide's goes, preserved ones stay. Without it a FLUX prompt would keep the concept's CLIP
+    vector whatever the T5 rows say.
+    """
+    maps = model.pooled_projections()
+    if not maps:
+        return {}
+    texts = list(dict.fromkeys([t for pair in pairs for t in pair] + preserve))
+    pooled = dict(zip(texts, model.conditioning(texts).pooled.to(torch.float64), strict=True))
+    stack = lambda items: torch.stack([pooled[t] for t in items]) if items else torch.zeros(0, model.pooled_dim)  # noqa: E731
+    T = uce_transform(stack([p[0] for p in pairs]), stack([p[1] for p in pairs]), stack(preserve), erase_scale,
+                      preserve_scale, lamb)  # fmt: skip
+    return transform_weights(maps, T)
 
 
 def preserve_list(concepts: ConceptSet, empty: bool) -> list[str]:
@@ -187,12 +203,25 @@ class UCE(Method):
 
     name = "uce"
     config_class = UCEConfig
+    families = (*UNET_FAMILIES, "flux")
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
         cfg = self.settings()
         T = self.transform(model, concepts)
         weights = transform_weights(selected_weights(model, cfg.edit_keys, cfg.edit_values), T)
+        weights.update(self.pooled(model, concepts))
         return Edit.from_weights(self.name, self.edit_config(cfg), concepts.to_dict(), model, weights)
+
+    def preserve_scale(self, preserve: list[str]) -> float:
+        cfg = self.settings()
+        return cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / max(len(preserve), 1))
+
+    def pooled(self, model: ModelAdapter, concepts: ConceptSet) -> dict[str, torch.Tensor]:
+        """:func:`pooled_weights` with this config's pairs, preserve list and scales."""
+        cfg = self.settings()
+        pairs = erase_pairs(concepts, cfg.templates, cfg.erase_synonyms)
+        preserve = preserve_list(concepts, cfg.preserve_empty)
+        return pooled_weights(model, pairs, preserve, cfg.erase_scale, self.preserve_scale(preserve), cfg.lamb)
 
     def transform(
         self, model: ModelAdapter, concepts: ConceptSet, embeddings: Mapping[str, torch.Tensor] | None = None
@@ -202,5 +231,4 @@ class UCE(Method):
         pairs = erase_pairs(concepts, cfg.templates, cfg.erase_synonyms)
         preserve = preserve_list(concepts, cfg.preserve_empty)
         C, G, R = token_rows(model, pairs, preserve, cfg.token_policy, embeddings)
-        s_p = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / max(len(preserve), 1))
-        return uce_transform(C, G, R, cfg.erase_scale, s_p, cfg.lamb)
+        return uce_transform(C, G, R, cfg.erase_scale, self.preserve_scale(preserve), cfg.lamb)

@@ -7,7 +7,9 @@ names, encoders or UNet arguments; they ask the adapter.
 
 One adapter per family: :class:`ModelAdapter` itself serves SD1.x (CLIP ViT-L/14, ``last_hidden_state`` at 77
 positions, padding with EOS) and SD2.x (OpenCLIP ViT-H, padding with "!", often v-prediction);
-``ModelAdapter(pipe)`` returns :class:`~erasekit.models.sdxl.SDXLAdapter` for an SDXL pipeline (two text encoders).
+``ModelAdapter(pipe)`` returns :class:`~erasekit.models.sdxl.SDXLAdapter` for an SDXL pipeline (two text encoders)
+and :class:`~erasekit.models.flux.FluxAdapter` for FLUX.1 (a transformer denoiser: no cross-attention layers; text
+enters through one linear map of T5's rows and one of CLIP's pooled vector, :meth:`ModelAdapter.text_projections`).
 """
 
 from __future__ import annotations
@@ -100,7 +102,14 @@ class ModelAdapter:
 
     family_name = "sd"
 
+    word_offset = 1
+    """Position of the first word token: 1 behind CLIP's start token; T5 (FLUX) has none."""
+
     def __new__(cls, pipe: Any) -> ModelAdapter:
+        if cls is ModelAdapter and type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel":
+            from .flux import FluxAdapter
+
+            return super().__new__(FluxAdapter)
         if cls is ModelAdapter and (
             getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
         ):
@@ -118,6 +127,8 @@ class ModelAdapter:
                 )
         self.pipe = pipe
         self.unet = pipe.unet
+        self.denoiser: nn.Module = pipe.unet
+        """The network every edit changes (the UNet; FLUX's transformer): edit tensors are named in its state dict."""
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
         self.text_encoders: list[nn.Module] = [pipe.text_encoder]
@@ -170,22 +181,36 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.denoiser.device
 
     def kv_weights(self) -> dict[str, nn.Parameter]:
         """Every cross-attention key and value weight, by UNet state-dict name (live parameters, in layer order)."""
+        return self.text_projections(keys=True, values=True)
+
+    def text_projections(self, keys: bool = True, values: bool = True) -> dict[str, nn.Parameter]:
+        """The weights of the linear maps that read the text rows (:meth:`encode`), by denoiser state-dict name (live
+        parameters): what a closed-form edit (UCE, RECE, SPEED) changes. Here each cross-attention layer's key and/or
+        value projection."""
         out: dict[str, nn.Parameter] = {}
         for layer in self.layers:
-            out[layer.key_weight] = layer.to_k.weight
-            out[layer.value_weight] = layer.to_v.weight
+            if keys:
+                out[layer.key_weight] = layer.to_k.weight
+            if values:
+                out[layer.value_weight] = layer.to_v.weight
         return out
 
+    def pooled_projections(self) -> dict[str, nn.Parameter]:
+        """The weights of linear maps that read the pooled text vector (:meth:`conditioning`'s ``pooled``) alone, which
+        a closed-form edit changes too; none here (SDXL's pooled vector enters mixed with the size ids)."""
+        return {}
+
     def unet_parameters(self, names: Sequence[str]) -> dict[str, nn.Parameter]:
-        """Look up UNet parameters by state-dict name, with a clear error for a name this UNet lacks."""
-        params = dict(self.unet.named_parameters())
+        """Look up denoiser parameters by state-dict name, with a clear error for a name this model lacks."""
+        params = dict(self.denoiser.named_parameters())
         missing = [n for n in names if n not in params]
         if missing:
-            raise ModelLayoutError(f"the UNet has no parameter '{missing[0]}' ({len(missing)} missing in all)")
+            kind = type(self.denoiser).__name__
+            raise ModelLayoutError(f"the {kind} has no parameter '{missing[0]}' ({len(missing)} missing in all)")
         return {n: params[n] for n in names}
 
     def replace_weights(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -221,7 +246,8 @@ class ModelAdapter:
         Training needs float32 master weights: float16 overflows to NaN and bfloat16 rounds small updates away.
         Half -> float32 -> half is lossless, so the pipeline leaves the block bit for bit as it entered.
         """
-        networks = [getattr(self.pipe, part, None) for part in ("unet", "text_encoder", "text_encoder_2", "vae")]
+        parts = ("unet", "transformer", "text_encoder", "text_encoder_2", "vae")
+        networks = [getattr(self.pipe, part, None) for part in parts]
         half = [(n, n.dtype) for n in networks if n is not None and n.dtype in (torch.float16, torch.bfloat16)]
         for network, _ in half:
             network.float()
@@ -232,7 +258,7 @@ class ModelAdapter:
                 network.to(dtype)
 
     def check_finite(self) -> None:
-        for name, weight in self.kv_weights().items():
+        for name, weight in {**self.text_projections(), **self.pooled_projections()}.items():
             if not torch.isfinite(weight).all():
                 raise NumericalError(f"model weight '{name}' contains NaN or infinite values; the model is corrupted")
 
@@ -248,15 +274,17 @@ class ModelAdapter:
             raise TokenizationError(
                 f"the tokenizer does not know some words of '{text}' (they map to the unknown token)"
             )
-        if len(ids) > self.max_length - 2:
+        room = self.max_length - self.word_offset - 1  # start (CLIP) and end tokens take the rest
+        if len(ids) > room:
             raise TokenizationError(
-                f"'{text[:40]}...' is {len(ids)} tokens long; the text encoder takes at most {self.max_length - 2}"
+                f"'{text[:40]}...' is {len(ids)} tokens long; the text encoder takes at most {room}"
             )
         return ids
 
     def last_word_index(self, text: str) -> int:
-        """Position of the last word token (BOS is 0, words 1..n, EOS n+1); 0 (BOS) for an empty text."""
-        return len(self.word_tokens(text))
+        """Position of the last word token (CLIP: BOS is 0, words 1..n, EOS n+1); 0 (BOS) for an empty text (T5:
+        words 0..n-1; 0, its EOS, for an empty text)."""
+        return max(len(self.word_tokens(text)) + self.word_offset - 1, 0)
 
     def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
         """Positions (in the 77-token sequence) of the first occurrence of ``phrase``'s tokens inside ``prompt``."""
@@ -265,7 +293,8 @@ class ModelAdapter:
             raise TokenizationError("cannot locate an empty phrase in a prompt")
         for start in range(len(whole) - len(part) + 1):
             if whole[start : start + len(part)] == part:
-                return list(range(1 + start, 1 + start + len(part)))
+                first = self.word_offset + start
+                return list(range(first, first + len(part)))
         raise TokenizationError(f"'{phrase}' does not occur (as tokens) in the prompt '{prompt}'")
 
     def token_positions(self, prompt: str, phrase: str | None = None) -> TokenPositions:
@@ -274,7 +303,7 @@ class ModelAdapter:
         Methods that act on "the concept's tokens and everything after them" (UCE's legacy policy, MACE's remapping)
         need all three; padding rows matter because SD runs the text encoder without an attention mask.
         """
-        eos = self.last_word_index(prompt) + 1
+        eos = len(self.word_tokens(prompt)) + self.word_offset
         return TokenPositions(
             phrase=self.phrase_positions(prompt, phrase) if phrase is not None else [],
             eos=eos,
@@ -300,8 +329,9 @@ class ModelAdapter:
         """Per-token text embeddings ``[len(texts), positions or 77, d]`` in float32, on the CPU: the rows every
         cross-attention K/V projection reads.
 
-        ``positions`` < 77 encodes only the first positions: CLIP's encoder is causal, so those rows are the same as in
-        a full encoding (to float noise) at a fraction of the cost. Use it only when no EOS/padding row is needed.
+        ``positions`` < 77 keeps only the first rows: CLIP's encoder is causal, so it stops there (the rows equal
+        those of a full encoding to float noise) at a fraction of the cost; T5 (FLUX) attends both ways and encodes
+        whole texts. Use it only when no EOS/padding row is needed.
         A text listed several times (e.g. one guide shared by many concepts) goes through the encoder once, and a text
         this model has encoded before (in any run) not at all: it comes from :attr:`tensor_cache`, bit for bit what the
         encoder gives. Encoding is what a closed-form edit spends most of its time on (benchmarks/README.md).

@@ -1,4 +1,4 @@
-"""Assemble SD1.x, SD2.x and SDXL-layout pipelines from networks built from configs.
+"""Assemble SD1.x, SD2.x, SDXL and FLUX-layout pipelines from networks built from configs.
 
 The tiny test pipelines, the benchmark world and the full-size benchmark architectures share one recipe: CLIP's real
 tokenizer, CLIP text encoders with SD's special tokens, and SD's noise schedule sampled with DDIM.
@@ -9,13 +9,16 @@ from __future__ import annotations
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
-from .tokenizer import MODEL_MAX_LENGTH, clip_tokenizer
+from .tokenizer import MODEL_MAX_LENGTH, clip_tokenizer, t5_tokenizer
 
 SD1_SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -81,6 +84,25 @@ def assemble_sdxl_pipeline(
         scheduler=DDIMScheduler(**SD1_SCHEDULE, set_alpha_to_one=False),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assemble_flux_pipeline(
+    vae: AutoencoderKL, transformer: FluxTransformer2DModel, text_encoder: CLIPTextModel,
+    text_encoder_2: T5EncoderModel,
+) -> FluxPipeline:  # fmt: skip
+    """The four networks as a standard FluxPipeline: CLIP's real tokenizer for the pooled vector, an in-memory T5-style
+    tokenizer (:func:`~erasekit.models.tokenizer.t5_tokenizer`) for the rows, FLUX's flow-matching Euler sampler."""
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -17,13 +17,14 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from ..errors import ModelLayoutError
 from ..io import atomic_dir
-from .build import assemble_pipeline, assemble_sdxl_pipeline, clip_text_encoder
+from .build import assemble_flux_pipeline, assemble_pipeline, assemble_sdxl_pipeline, clip_text_encoder
 from .loading import MODELS, cache_dir
 
 LAYOUT_VERSION = 2
 """Part of the cache folder's name: bumped whenever a tiny architecture changes, so no stale build is reused."""
 TINY_HIDDEN = 32
 TINY_HIDDEN_2 = 48  # SDXL's second (OpenCLIP bigG-like) encoder
+TINY_T5 = 40  # FLUX's T5: a width of its own, so a swapped encoder cannot pass a shape check
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -49,6 +50,8 @@ def build_tiny_pipeline(seed: int = 0, family: str = "sd1") -> DiffusionPipeline
     try:
         if family == "xl":
             return _tiny_sdxl()
+        if family == "flux":
+            return _tiny_flux()
         unet = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
@@ -98,6 +101,31 @@ def _tiny_sdxl() -> DiffusionPipeline:
     return assemble_sdxl_pipeline(vae, unet, text_encoder, text_encoder_2)
 
 
+def _tiny_flux() -> DiffusionPipeline:
+    """FLUX's layout in miniature (diffusers' own test shapes): one double- and one single-stream block, a 2-layer T5
+    encoder 40 wide over the in-memory T5 tokenizer's vocabulary, CLIP's pooled vector 32 wide, a one-channel VAE."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from .tokenizer import t5_tokenizer
+
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tokenizer()), d_model=TINY_T5, d_kv=8, d_ff=64, num_layers=2, num_heads=5,
+        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    ))  # fmt: skip
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=TINY_T5, pooled_projection_dim=TINY_HIDDEN, axes_dims_rope=(4, 4, 8),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )  # fmt: skip
+    text_encoder = clip_text_encoder(TINY_HIDDEN, num_layers=2, num_heads=4, intermediate_size=64)
+    return assemble_flux_pipeline(vae, transformer, text_encoder, t5)
+
+
 def tiny_pipeline(path: str | Path, seed: int = 0, family: str = "sd1") -> Path:
     """Save a tiny pipeline (safetensors) to ``path`` unless one is already there; return the path.
 
@@ -114,19 +142,19 @@ def tiny_pipeline(path: str | Path, seed: int = 0, family: str = "sd1") -> Path:
 def tiny_variant(variant: str | None) -> tuple[str, int]:
     """``(family, seed)`` of ``erasekit:tiny-<variant>``: ``<seed>``, ``sd2[-<seed>]`` or ``xl[-<seed>]``."""
     parts = variant.split("-") if variant else []
-    family = parts.pop(0) if parts and parts[0] in ("sd2", "xl") else "sd1"
+    family = parts.pop(0) if parts and parts[0] in ("sd2", "xl", "flux") else "sd1"
     if len(parts) > 1 or (parts and not parts[0].isdigit()):
         raise ModelLayoutError(
-            f"erasekit:tiny-{variant}: expected erasekit:tiny-<seed>, erasekit:tiny-sd2[-<seed>] or "
-            "erasekit:tiny-xl[-<seed>] (a seed is a non-negative integer)"
+            f"erasekit:tiny-{variant}: expected erasekit:tiny-<seed>, erasekit:tiny-sd2[-<seed>], "
+            "erasekit:tiny-xl[-<seed>] or erasekit:tiny-flux[-<seed>] (a seed is a non-negative integer)"
         )
     return family, int(parts[0]) if parts else 0
 
 
 @MODELS.register("tiny")
 def tiny_model(variant: str | None) -> Path:
-    """``erasekit:tiny[-<seed>]``, ``erasekit:tiny-sd2[-<seed>]``, ``erasekit:tiny-xl[-<seed>]``: built on first use,
-    cached under :func:`cache_dir`."""
+    """``erasekit:tiny[-<seed>]``, ``erasekit:tiny-sd2[-<seed>]``, ``erasekit:tiny-xl[-<seed>]``,
+    ``erasekit:tiny-flux[-<seed>]``: built on first use, cached under :func:`cache_dir`."""
     family, seed = tiny_variant(variant)
     name = f"tiny-{seed}" if family == "sd1" else f"tiny-{family}-{seed}"
     return tiny_pipeline(cache_dir() / f"{name}-layout{LAYOUT_VERSION}", seed=seed, family=family)

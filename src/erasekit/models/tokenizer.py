@@ -14,7 +14,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizer, T5TokenizerFast
 
 N_MERGES = 49152 - 256 - 2  # CLIP keeps 48894 merges: 49408 ids = 2 * 256 bytes + merges + 2 specials
 MODEL_MAX_LENGTH = 77
@@ -59,3 +59,17 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """
     vocab, merges = _vocab_files()
     return CLIPTokenizer(vocab, merges, model_max_length=MODEL_MAX_LENGTH, pad_token=pad_token)
+
+
+T5_MAX_LENGTH = 512
+
+
+def t5_tokenizer(model_max_length: int = T5_MAX_LENGTH) -> T5TokenizerFast:
+    """A T5-style tokenizer for tiny FLUX pipelines, built in memory: a unigram model over CLIP's word pieces (a word's
+    last piece becomes "▁word", as SentencePiece marks word starts; every piece costs the same, so the fewest pieces
+    win), ``<pad>`` 0, ``</s>`` 1 appended to every text, ``<unk>`` 2, no start token. Real FLUX models bring their own
+    T5 tokenizer (``tokenizer_2``); this one only needs to split words into few pieces offline."""
+    vocab = json.loads(Path(_vocab_files()[0]).read_text(encoding="utf-8"))
+    pieces = {("\u2581" + tok[:-4] if tok.endswith("</w>") else tok): -1.0 for tok in vocab if not tok.startswith("<|")}
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    return T5TokenizerFast(vocab=[*specials, *pieces.items()], extra_ids=0, model_max_length=model_max_length)

@@ -1,0 +1,135 @@
+"""The FLUX.1 adapter: a transformer denoiser that reads T5's rows and CLIP's pooled vector.
+
+``FluxPipeline.encode_prompt`` gives the transformer two things: T5-XXL's last hidden state at ``max_sequence_length``
+positions (512 for FLUX.1-dev, 256 for schnell; T5 runs without an attention mask, so padding rows carry the prompt
+too), and CLIP ViT-L's pooled output (768). Text reaches the image only through two linear maps that are linear in those
+inputs: ``context_embedder`` (4096 -> 3072, with bias) on every T5 row, and ``time_text_embed.text_embedder.linear_1``
+(768 -> 3072, with bias) on the pooled vector; every joint-attention projection after them sees the text after
+modulation and norms. They are to FLUX what the cross-attention K/V projections are to a UNet: the closed-form edits
+(UCE, RECE, SPEED) change their weights, keeping the bias (docs/methods/uce.md, "FLUX.1").
+
+T5 has no start token: a text's words sit at positions 0..n-1 and its end token at n (:attr:`word_offset` is 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLayoutError
+from .adapter import Conditioning, CrossAttentionLayer, ModelAdapter
+from .cache import TensorCache
+
+FLUX_MAX_SEQUENCE = 512
+"""FLUX.1-dev's T5 length; schnell's pipeline is called with 256 (set :attr:`FluxAdapter.max_length`)."""
+
+
+class FluxAdapter(ModelAdapter):
+    """The adapter of ``FluxPipeline`` (FLUX.1-dev and -schnell layouts)."""
+
+    family_name = "flux"
+    word_offset = 0
+
+    def __init__(self, pipe: Any, max_sequence_length: int | None = None) -> None:
+        kind = type(pipe).__name__
+        for part in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            if getattr(pipe, part, None) is None:
+                raise ModelLayoutError(
+                    f"FLUX pipeline {kind} has no '{part}': erasekit needs the transformer, CLIP (pooled) and T5 "
+                    "(rows) with their tokenizers"
+                )
+        self.pipe = pipe
+        self.transformer = self.denoiser = pipe.transformer
+        self.text_encoder, self.tokenizer = pipe.text_encoder_2, pipe.tokenizer_2  # the rows follow T5's positions
+        self.clip_encoder, self.clip_tokenizer = pipe.text_encoder, pipe.tokenizer
+        self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
+        self.tensor_cache: TensorCache | None = TensorCache.from_env()
+        self._max_length = max_sequence_length or min(self.tokenizer.model_max_length, FLUX_MAX_SEQUENCE)
+        rows, pooled = self.context_embedder, self.pooled_embedder
+        if rows.in_features != self.embedding_dim or pooled.in_features != self.pooled_dim:
+            raise ModelLayoutError(
+                f"the transformer reads {rows.in_features}-d rows and a {pooled.in_features}-d pooled vector but the "
+                f"T5 encoder gives {self.embedding_dim}-d rows and CLIP a {self.pooled_dim}-d pooled vector: the "
+                "transformer and text encoders do not belong together"
+            )
+        self.check_finite()
+
+    # ----------------------------------------------------------------- layout
+    @property
+    def context_embedder(self) -> nn.Linear:
+        return self.transformer.context_embedder
+
+    @property
+    def pooled_embedder(self) -> nn.Linear:
+        return self.transformer.time_text_embed.text_embedder.linear_1
+
+    @property
+    def layers(self) -> list[CrossAttentionLayer]:
+        raise ModelLayoutError(
+            "FLUX's transformer has no cross-attention layers (text and image attend jointly): methods that edit or "
+            "hook cross-attention do not apply to it; the closed forms (uce, rece, speed) edit its text projections"
+        )
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.text_encoder.config.d_model
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.clip_encoder.config.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def family(self) -> str:
+        return "flux"
+
+    def text_projections(self, keys: bool = True, values: bool = True) -> dict[str, nn.Parameter]:
+        """``context_embedder``'s weight: the one map of T5's rows, upstream of both keys and values of every joint
+        block (so ``keys``/``values`` do not split it)."""
+        return {"context_embedder.weight": self.context_embedder.weight} if keys or values else {}
+
+    def pooled_projections(self) -> dict[str, nn.Parameter]:
+        return {"time_text_embed.text_embedder.linear_1.weight": self.pooled_embedder.weight}
+
+    # --------------------------------------------------------------- encoding
+    @property
+    def encoders(self) -> list[tuple[Any, nn.Module]]:
+        return [(self.clip_tokenizer, self.clip_encoder), (self.tokenizer, self.text_encoder)]
+
+    def _token_ids(self, texts: list[str], positions: int | None) -> list[torch.Tensor]:
+        for text in texts:
+            self.word_tokens(text)  # one clear error for text T5 cannot encode
+        clip = self.clip_tokenizer(list(texts), padding="max_length", max_length=self.clip_tokenizer.model_max_length,
+                                   truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        t5 = self.tokenize(texts)[:, :positions]
+        return [clip, t5]
+
+    def encode_ids(self, ids: Sequence[torch.Tensor]) -> Conditioning:
+        """T5's last hidden state (the rows) and CLIP's pooled output, as ``FluxPipeline.encode_prompt`` computes
+        them."""
+        clip_ids, t5_ids = ids
+        device = self.text_encoder.device
+        rows = self.text_encoder(t5_ids.to(device))[0]
+        pooled = self.clip_encoder(clip_ids.to(self.clip_encoder.device)).pooler_output.to(device)
+        return Conditioning(rows, pooled)
+
+    def _encode(self, texts: Sequence[str], positions: int | None, batch_size: int) -> Conditioning:
+        """T5 attends both ways, so every row depends on the whole text: the full sequence is encoded and the first
+        ``positions`` rows kept (a causal CLIP encoder can stop early; T5 cannot)."""
+        if not texts:
+            return Conditioning(torch.zeros(0, positions or self.max_length, self.embedding_dim),
+                                torch.zeros(0, self.pooled_dim))  # fmt: skip
+        whole = super()._encode(texts, None, batch_size)
+        return Conditioning(whole.hidden[:, :positions], whole.pooled)
+
+    # ------------------------------------------------------------- denoising
+    def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        raise ModelLayoutError(
+            "methods that train through the denoiser do not run on FLUX yet; the closed forms (uce, rece, speed) do"
+        )
