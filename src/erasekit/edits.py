@@ -55,7 +55,7 @@ EXTRAS_PREFIX = "extras/"
 MODULES_PREFIX = "modules/"
 
 MODULE_GROUP = "erasekit.modules"
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1"}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3"}
 
 Detach = Callable[[], None]
 Attach = Callable[[Any, dict[str, torch.Tensor], dict[str, Any]], Detach]

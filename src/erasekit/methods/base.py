@@ -42,6 +42,8 @@ DEFAULT_GUIDES = {"style": "art", "object": " ", "explicit": " ", "celebrity": "
 AUTO = "auto"
 UNET_FAMILIES = ("sd1", "sd2", "sdxl")
 """Families whose denoiser is a UNet with cross-attention layers, which every method edits."""
+TRANSFORMER_FAMILIES = ("flux", "sd3")
+"""Families whose denoiser is a joint-attention transformer: text enters through two linear maps only."""
 
 
 def _import_methods(name: str | None) -> None:

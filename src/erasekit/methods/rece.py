@@ -34,7 +34,7 @@ from ..linalg import gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..models.cache import digest, memo_fingerprint
 from ..validation import check_at_least
-from .base import UNET_FAMILIES, Method, guide_for, register_method
+from .base import TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method
 from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_transform
 
 # Per-kind presets from the authors' README, model card and scripts. Celebrities are not in RECE's code: they take
@@ -108,7 +108,7 @@ class RECE(Method):
 
     name = "rece"
     config_class = RECEConfig
-    families = (*UNET_FAMILIES, "flux")
+    families = (*UNET_FAMILIES, *TRANSFORMER_FAMILIES)
     presets = PRESETS
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet, *, validator: Validator | None = None) -> Edit:

@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import Seed, check_at_least
-from .base import DEFAULT_GUIDES, UNET_FAMILIES, Method, guide_for, register_method, single_kind
+from .base import DEFAULT_GUIDES, TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method, single_kind
 from .uce import UCEConfig, pooled_weights, selected_weights, transform_weights
 
 # The anchors of the reference scripts: "" (the start row) for objects and explicit content, "art" for styles,
@@ -209,7 +209,7 @@ class SPEED(Method):
 
     name = "speed"
     config_class = SPEEDConfig
-    families = (*UNET_FAMILIES, "flux")
+    families = (*UNET_FAMILIES, *TRANSFORMER_FAMILIES)
     presets = PRESETS
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
@@ -222,19 +222,19 @@ class SPEED(Method):
         texts = list(dict.fromkeys([*targets, *anchors, *preserve]))
         # Outside the all-token mode only the last word rows are read: the causal encoder needs no later position,
         # which makes encoding (most of the cost) several times cheaper. The empty prompt is always encoded whole.
-        positions = None if cfg.all_tokens else 1 + max(model.last_word_index(t) for t in texts)
+        positions = None if cfg.all_tokens else 1 + max(i for t in texts for i in model.last_word_rows(t))
         rows = dict(zip(texts, model.encode(texts, positions), strict=True))
         emb = lambda text: rows[text].to(torch.float64)  # noqa: E731
-        last = lambda text: emb(text)[model.last_word_index(text)]  # noqa: E731
+        last = lambda text: emb(text)[model.last_word_rows(text)]  # noqa: E731  (SD3: its CLIP and T5 rows)
         empty = model.encode([""])[0].to(torch.float64)
         words = model.word_offset  # rows before it: CLIP's start token (T5 has none)
         if cfg.all_tokens:  # every row after the start token, paired by position (the reference's nudity mode)
             c1 = torch.cat([emb(t)[words:] for t in targets])
             c_star = torch.cat([emb(a)[words:] for a in anchors])
         else:
-            c1 = torch.stack([last(t) for t in targets])
-            c_star = torch.stack([last(a) for a in anchors])
-        retain = torch.stack([last(t) for t in preserve]) if preserve else empty[:0]
+            c1 = torch.cat([last(t) for t in targets])
+            c_star = torch.cat([last(a) for a in anchors])
+        retain = torch.cat([last(t) for t in preserve]) if preserve else empty[:0]
         if cfg.all_tokens:
             retain = torch.cat([retain, empty[words:]])
         T, A = gram(c1, 1 / len(c1)), cross(c_star, c1, 1 / len(c1))

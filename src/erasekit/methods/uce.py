@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import check_at_least
-from .base import UNET_FAMILIES, Method, guide_for, register_method
+from .base import TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method
 
 TokenPolicy = Literal["uce_legacy", "uce_2025", "rece"]
 
@@ -106,17 +106,17 @@ def token_rows(
     erased, guides = [p[0] for p in pairs], [p[1] for p in pairs]
     d = model.embedding_dim
     positions = None
-    if policy == "uce_2025":
-        idx_c = [model.last_word_index(t) for t in erased]
-        idx_g = [model.last_word_index(t) for t in guides]
-        idx_r = [model.last_word_index(t) for t in preserve]
-        positions = 1 + max(idx_c + idx_g + idx_r)  # causal encoder: later positions are not needed
+    if policy == "uce_2025":  # the last word's row(s): SD3 holds the word in its CLIP and its T5 segment
+        idx_c = [model.last_word_rows(t) for t in erased]
+        idx_g = [model.last_word_rows(t) for t in guides]
+        idx_r = [model.last_word_rows(t) for t in preserve]
+        positions = 1 + max(i for rows in idx_c + idx_g + idx_r for i in rows)  # causal: later rows are not needed
     known = embeddings or {}
     missing = [t for t in dict.fromkeys([*erased, *guides, *preserve]) if t not in known]
     emb = {t: e[:positions] for t, e in known.items()}
     emb.update(zip(missing, model.encode(missing, positions), strict=True))
     if policy == "uce_2025":
-        pick = lambda texts, idx: torch.stack([emb[t][i] for t, i in zip(texts, idx, strict=True)])  # noqa: E731
+        pick = lambda texts, idx: torch.cat([emb[t][i] for t, i in zip(texts, idx, strict=True)])  # noqa: E731
         return pick(erased, idx_c), pick(guides, idx_g), pick(preserve, idx_r) if preserve else torch.zeros(0, d)
     rows_r = torch.cat([emb[t] for t in preserve]) if preserve else torch.zeros(0, d)
     if policy == "rece":
@@ -203,7 +203,7 @@ class UCE(Method):
 
     name = "uce"
     config_class = UCEConfig
-    families = (*UNET_FAMILIES, "flux")
+    families = (*UNET_FAMILIES, *TRANSFORMER_FAMILIES)
 
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
         cfg = self.settings()

@@ -8,8 +8,9 @@ names, encoders or UNet arguments; they ask the adapter.
 One adapter per family: :class:`ModelAdapter` itself serves SD1.x (CLIP ViT-L/14, ``last_hidden_state`` at 77
 positions, padding with EOS) and SD2.x (OpenCLIP ViT-H, padding with "!", often v-prediction);
 ``ModelAdapter(pipe)`` returns :class:`~erasekit.models.sdxl.SDXLAdapter` for an SDXL pipeline (two text encoders)
-and :class:`~erasekit.models.flux.FluxAdapter` for FLUX.1 (a transformer denoiser: no cross-attention layers; text
-enters through one linear map of T5's rows and one of CLIP's pooled vector, :meth:`ModelAdapter.text_projections`).
+and :class:`~erasekit.models.flux.FluxAdapter` / :class:`~erasekit.models.sd3.SD3Adapter` for FLUX.1 and SD3
+(a transformer denoiser, no cross-attention layers: text enters through one linear map of the rows and one of the
+pooled vector, :meth:`ModelAdapter.text_projections` and :meth:`ModelAdapter.pooled_projections`).
 """
 
 from __future__ import annotations
@@ -103,13 +104,18 @@ class ModelAdapter:
     family_name = "sd"
 
     word_offset = 1
-    """Position of the first word token: 1 behind CLIP's start token; T5 (FLUX) has none."""
+    """Position of the first word token: 1 behind CLIP's start token; T5 (FLUX's rows) has none."""
 
     def __new__(cls, pipe: Any) -> ModelAdapter:
-        if cls is ModelAdapter and type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel":
+        transformer = type(getattr(pipe, "transformer", None)).__name__
+        if cls is ModelAdapter and transformer == "FluxTransformer2DModel":
             from .flux import FluxAdapter
 
             return super().__new__(FluxAdapter)
+        if cls is ModelAdapter and transformer == "SD3Transformer2DModel":
+            from .sd3 import SD3Adapter
+
+            return super().__new__(SD3Adapter)
         if cls is ModelAdapter and (
             getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
         ):
@@ -128,7 +134,7 @@ class ModelAdapter:
         self.pipe = pipe
         self.unet = pipe.unet
         self.denoiser: nn.Module = pipe.unet
-        """The network every edit changes (the UNet; FLUX's transformer): edit tensors are named in its state dict."""
+        """The network every edit changes (the UNet; FLUX's or SD3's transformer), which names the edit's tensors."""
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
         self.text_encoders: list[nn.Module] = [pipe.text_encoder]
@@ -246,7 +252,7 @@ class ModelAdapter:
         Training needs float32 master weights: float16 overflows to NaN and bfloat16 rounds small updates away.
         Half -> float32 -> half is lossless, so the pipeline leaves the block bit for bit as it entered.
         """
-        parts = ("unet", "transformer", "text_encoder", "text_encoder_2", "vae")
+        parts = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
         networks = [getattr(self.pipe, part, None) for part in parts]
         half = [(n, n.dtype) for n in networks if n is not None and n.dtype in (torch.float16, torch.bfloat16)]
         for network, _ in half:
@@ -285,6 +291,10 @@ class ModelAdapter:
         """Position of the last word token (CLIP: BOS is 0, words 1..n, EOS n+1); 0 (BOS) for an empty text (T5:
         words 0..n-1; 0, its EOS, for an empty text)."""
         return max(len(self.word_tokens(text)) + self.word_offset - 1, 0)
+
+    def last_word_rows(self, text: str) -> list[int]:
+        """Every row that holds the text's last word: one here; SD3 has it twice (its CLIP and its T5 segment)."""
+        return [self.last_word_index(text)]
 
     def phrase_positions(self, prompt: str, phrase: str) -> list[int]:
         """Positions (in the 77-token sequence) of the first occurrence of ``phrase``'s tokens inside ``prompt``."""

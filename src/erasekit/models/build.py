@@ -1,4 +1,4 @@
-"""Assemble SD1.x, SD2.x, SDXL and FLUX-layout pipelines from networks built from configs.
+"""Assemble SD1.x, SD2.x, SDXL, FLUX and SD3-layout pipelines from networks built from configs.
 
 The tiny test pipelines, the benchmark world and the full-size benchmark architectures share one recipe: CLIP's real
 tokenizer, CLIP text encoders with SD's special tokens, and SD's noise schedule sampled with DDIM.
@@ -12,6 +12,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -102,6 +104,27 @@ def assemble_flux_pipeline(
         tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
         tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assemble_sd3_pipeline(
+    vae: AutoencoderKL, transformer: SD3Transformer2DModel, text_encoder: CLIPTextModelWithProjection,
+    text_encoder_2: CLIPTextModelWithProjection, text_encoder_3: T5EncoderModel | None,
+) -> StableDiffusion3Pipeline:  # fmt: skip
+    """The networks as a standard StableDiffusion3Pipeline: CLIP's real tokenizer twice (EOS and "!" padding, as SD3's
+    two CLIP tokenizers pad), the in-memory T5-style tokenizer, SD3's flow-matching Euler sampler (shift 3)."""
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer("!"),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=t5_tokenizer() if text_encoder_3 is not None else None,
         transformer=transformer,
     )
     pipe.set_progress_bar_config(disable=True)

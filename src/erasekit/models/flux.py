@@ -6,7 +6,7 @@ too), and CLIP ViT-L's pooled output (768). Text reaches the image only through 
 inputs: ``context_embedder`` (4096 -> 3072, with bias) on every T5 row, and ``time_text_embed.text_embedder.linear_1``
 (768 -> 3072, with bias) on the pooled vector; every joint-attention projection after them sees the text after
 modulation and norms. They are to FLUX what the cross-attention K/V projections are to a UNet: the closed-form edits
-(UCE, RECE, SPEED) change their weights, keeping the bias (docs/methods/uce.md, "FLUX.1").
+(UCE, RECE, SPEED) change their weights, keeping the bias (docs/methods/uce.md, "FLUX.1 and SD3").
 
 T5 has no start token: a text's words sit at positions 0..n-1 and its end token at n (:attr:`word_offset` is 0).
 """
@@ -69,8 +69,9 @@ class FluxAdapter(ModelAdapter):
     @property
     def layers(self) -> list[CrossAttentionLayer]:
         raise ModelLayoutError(
-            "FLUX's transformer has no cross-attention layers (text and image attend jointly): methods that edit or "
-            "hook cross-attention do not apply to it; the closed forms (uce, rece, speed) edit its text projections"
+            f"{type(self.transformer).__name__} has no cross-attention layers (text and image attend jointly): "
+            "methods that edit or hook cross-attention do not apply to it; the closed forms (uce, rece, speed) edit "
+            "its text projections"
         )
 
     @property
@@ -131,5 +132,6 @@ class FluxAdapter(ModelAdapter):
     # ------------------------------------------------------------- denoising
     def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         raise ModelLayoutError(
-            "methods that train through the denoiser do not run on FLUX yet; the closed forms (uce, rece, speed) do"
+            f"methods that train through the denoiser do not run on {type(self.transformer).__name__} yet; the closed "
+            "forms (uce, rece, speed) do"
         )
