@@ -10,10 +10,12 @@ method is fitted four ways on the same lists (MACE's first 100 celebrities, 100 
 * ``warm, new process``: as ``warm`` after forgetting the remembered fingerprints, i.e. what a second *run* pays (the
   text encoder's weights, and RECE's K/V weights, are hashed again; loading the model is not counted).
 
+``speed`` is SPEED's celebrity preset (V only, IPF and DPA off).
+
 Each fit is checked to give the bit-identical edit of the ``off`` fit. The targets (issue 17): ``warm`` <= 0.5 s for UCE
 100 + 100 and ``cold`` no slower than ``off``.
 
-    python benchmarks/encoding_cache.py                     # UCE (uce_2025 and uce_legacy tokens), RECE; ~5-10 minutes
+    python benchmarks/encoding_cache.py                     # UCE (both token policies), RECE, SPEED; ~5-10 minutes
     python benchmarks/encoding_cache.py --methods uce_2025  # ~1-2 minutes
 """
 
@@ -35,6 +37,7 @@ from rich.table import Table
 from erasekit.concepts import Concept, ConceptSet
 from erasekit.edits import Edit
 from erasekit.methods import RECE, UCE
+from erasekit.methods.speed import SPEED
 from erasekit.models import ModelAdapter
 from erasekit.models.cache import TensorCache, forget_fingerprints
 from erasekit.models.loading import quiet_libraries
@@ -43,6 +46,7 @@ FITTERS: dict[str, Callable[[], Any]] = {
     "uce_2025": lambda: UCE(token_policy="uce_2025"),
     "uce_legacy": lambda: UCE(),
     "rece": lambda: RECE(epochs=RECE_EPOCHS),
+    "speed": lambda: SPEED(),  # the celebrity preset: V only, one null space shared by the 16 V weights
 }
 MODES = ("off", "cold", "warm", "warm, new process")
 
@@ -110,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concepts", type=int, default=100)
     parser.add_argument("--preserve", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/encoding_cache.json"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     quiet_libraries()
     console = Console()

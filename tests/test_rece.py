@@ -40,7 +40,7 @@ def _kv_outputs(weights: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.T
 
 def test_derived_embedding_regenerates_the_concept_on_the_uce_model(tiny_model):
     concepts = ConceptSet.build([{"text": "nudity", "kind": "explicit"}])
-    T = UCE().transform(tiny_model, concepts)
+    T = UCE().transform(tiny_model, concepts).dense()
     originals = tiny_model.kv_weights()
     edited = {n: w.detach().double() @ T for n, w in originals.items()}
     c = tiny_model.encode(["nudity"])[0].double()

@@ -128,13 +128,13 @@ def test_uce_default_preserve_scale_follows_legacy_rule(tiny_model, monkeypatch)
     seen = {}
     import erasekit.methods.uce as uce_module
 
-    real = uce_module.uce_transform
+    real = uce_module.uce_update
 
     def spy(C, G, R, erase_scale, preserve_scale, lamb):
         seen["s_p"] = preserve_scale
         return real(C, G, R, erase_scale, preserve_scale, lamb)
 
-    monkeypatch.setattr(uce_module, "uce_transform", spy)
+    monkeypatch.setattr(uce_module, "uce_update", spy)
     UCE().fit(tiny_model, ConceptSet.build(["dog"]))
     assert seen["s_p"] == 1.0  # only '' preserved
     UCE().fit(tiny_model, ConceptSet.build(["dog"], [f"thing {i}" for i in range(20)]))
@@ -153,3 +153,19 @@ def test_uce_fit_is_deterministic(tiny_model):
     b = UCE().fit(tiny_model, ConceptSet.build(["dog", "castle"], ["cat"]))
     assert a.base_fingerprint == b.base_fingerprint
     assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+
+
+@pytest.mark.parametrize("rows", [3, 40])
+def test_the_factored_update_equals_the_dense_closed_form(rows):
+    """``W + (W U) V^T`` (thin: 3 erased rows of 16 columns) and ``W @ T`` (wide: 40) give the dense solution of
+    ``T (lam I + s_e C^T C + s_p R^T R) = lam I + s_e G^T C + s_p R^T R`` to float64 precision."""
+    from erasekit.methods.uce import uce_update
+
+    g = torch.Generator().manual_seed(rows)
+    C, G, R = (torch.randn(n, 16, generator=g, dtype=torch.float64) for n in (rows, rows, 5))
+    W = torch.randn(8, 16, generator=g, dtype=torch.float64)
+    eye = torch.eye(16, dtype=torch.float64)
+    expected = (0.5 * eye + 2.0 * G.T @ C + 0.3 * R.T @ R) @ torch.linalg.inv(0.5 * eye + 2.0 * C.T @ C + 0.3 * R.T @ R)
+    update = uce_update(C, G, R, 2.0, 0.3, 0.5)
+    assert torch.allclose(update.dense(), expected, atol=1e-10)
+    assert torch.allclose(update.apply(W), W @ expected, atol=1e-10)

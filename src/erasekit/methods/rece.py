@@ -122,7 +122,7 @@ class RECE(Method):
         # (docs/methods/rece.md, "Cost").
         texts = list(dict.fromkeys([*words, *guide_texts, *preserve]))
         embeddings = dict(zip(texts, model.encode(texts), strict=True))
-        T = UCE(cfg.uce).transform(model, concepts, embeddings)
+        T = UCE(cfg.uce).transform(model, concepts, embeddings).dense()
         pooled = UCE(cfg.uce).pooled(model, concepts)  # FLUX's pooled map: UCE's edit, not refined by the epochs
         originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)  # live, left unchanged
         G = cached_original_gram(model, originals)

@@ -42,7 +42,7 @@ from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import Seed, check_at_least
 from .base import DEFAULT_GUIDES, TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method, single_kind
-from .uce import UCEConfig, pooled_weights, selected_weights, transform_weights
+from .uce import UCEConfig, Update, pooled_weights, selected_weights, transform_weights
 
 # The anchors of the reference scripts: "" (the start row) for objects and explicit content, "art" for styles,
 # "person" for celebrities.
@@ -185,22 +185,34 @@ def null_space_projector(retain: torch.Tensor, tau: float) -> torch.Tensor:
     return U0 @ U0.T
 
 
-def speed_transform(
-    T: torch.Tensor, A: torch.Tensor, P: torch.Tensor, C2: torch.Tensor, rho: float, lamb: float
-) -> torch.Tensor:
-    """``I + (A - T) Q'`` with ``Q' = Q - Q C2 (C2^T Q C2 + lam I)^-1 C2^T Q``, ``Q = P (P T P + rho I)^-1 P``.
-
-    ``W @`` the result is ``W + dW`` of the module docstring (float64, ``[d, d]``); ``C2`` is ``[d, m]`` (``m = 0``:
-    no invariants).
-    """
-    d = T.shape[-1]
-    eye = torch.eye(d, dtype=torch.float64)
+def speed_projection(T: torch.Tensor, P: torch.Tensor, C2: torch.Tensor, rho: float, lamb: float) -> torch.Tensor:
+    """``Q' = Q - Q C2 (C2^T Q C2 + lam I)^-1 C2^T Q`` with ``Q = P (P T P + rho I)^-1 P`` (float64, symmetric): the
+    update of the module docstring is ``dW = W (A - T) Q'``. ``C2`` is ``[d, m]`` (``m = 0``: no invariants)."""
     Q = ridge_solve(P, P @ T @ P, rho) @ P  # P N P; symmetric, as P commutes with N
     Q = 0.5 * (Q + Q.T)
     if C2.shape[-1]:
         QC2 = Q @ C2
         Q = Q - ridge_solve(QC2, C2.T @ QC2, lamb) @ QC2.T
-    return eye + (A - T) @ Q
+    return Q
+
+
+def speed_transform(
+    T: torch.Tensor, A: torch.Tensor, P: torch.Tensor, C2: torch.Tensor, rho: float, lamb: float
+) -> torch.Tensor:
+    """``I + (A - T) Q'`` (:func:`speed_projection`): ``W @`` the result is ``W + dW`` of the module docstring
+    (float64, ``[d, d]``)."""
+    return torch.eye(T.shape[-1], dtype=torch.float64) + (A - T) @ speed_projection(T, P, C2, rho, lamb)
+
+
+def speed_update(
+    c1: torch.Tensor, c_star: torch.Tensor, T: torch.Tensor, P: torch.Tensor, C2: torch.Tensor, rho: float,
+    lamb: float,
+) -> Update:  # fmt: skip
+    """:func:`speed_transform` with ``A = mean c* c1^T`` and ``T = mean c1 c1^T``, as ``I + U V^T``: ``A - T`` is
+    ``(c* - c1)^T c1 / n``, so the update is thin (rank n) whenever the erased rows are fewer than the width."""
+    Q = speed_projection(T, P, C2, rho, lamb)
+    c1, c_star = c1.to(torch.float64), c_star.to(torch.float64)
+    return Update((c_star - c1).T, Q @ c1.T / len(c1))
 
 
 @register_method
@@ -237,7 +249,7 @@ class SPEED(Method):
         retain = torch.cat([last(t) for t in preserve]) if preserve else empty[:0]
         if cfg.all_tokens:
             retain = torch.cat([retain, empty[words:]])
-        T, A = gram(c1, 1 / len(c1)), cross(c_star, c1, 1 / len(c1))
+        T = gram(c1, 1 / len(c1))
         C2 = (
             torch.cat([empty[:words], kmeans(empty[words:], IEC_CENTROIDS, torch.Generator().manual_seed(cfg.seed))]).T
             if cfg.iec
@@ -245,19 +257,22 @@ class SPEED(Method):
         )
 
         weights = selected_weights(model, cfg.edit_keys, cfg.edit_values)
-        erase_map = ridge_solve(A - T, T, 1.0)  # (A - T)(I + T)^-1: IPF's D = W @ erase_map, one solve for all W
+        refining = cfg.ipf or cfg.dpa_copies > 0  # then the refined retain set depends on W: one P per weight
+        if refining:  # (A - T)(I + T)^-1: IPF's D = W @ erase_map, one solve for all W
+            erase_map = ridge_solve(cross(c_star, c1, 1 / len(c1)) - T, T, 1.0)
         edited, kept = {}, {}
         shared = None
         for name, weight in weights.items():
-            if cfg.ipf or cfg.dpa_copies:  # the refined retain set depends on W: one P per weight
+            if refining:
                 W = weight.detach().to(torch.float64)
                 D = W @ erase_map  # W (A - T) (I + T)^-1
                 refined = refine(W, D, retain, cfg.ipf, cfg.dpa_copies, generator)
-                transform = speed_transform(T, A, null_space_projector(refined, cfg.tau), C2, cfg.rho, cfg.lamb)
+                transform = speed_update(c1, c_star, T, null_space_projector(refined, cfg.tau), C2, cfg.rho, cfg.lamb)
             else:
                 refined = retain
                 if shared is None:
-                    shared = speed_transform(T, A, null_space_projector(retain, cfg.tau), C2, cfg.rho, cfg.lamb)
+                    P = null_space_projector(retain, cfg.tau)
+                    shared = speed_update(c1, c_star, T, P, C2, cfg.rho, cfg.lamb)
                 transform = shared
             edited.update(transform_weights({name: weight}, transform))
             kept[name] = len(refined)

@@ -33,7 +33,7 @@ import torch
 from ..concepts import ConceptSet
 from ..edits import Edit
 from ..errors import ConfigError
-from ..linalg import cross, gram, ridge_solve
+from ..linalg import gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import check_at_least
 from .base import TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method
@@ -131,6 +131,52 @@ def token_rows(
     return torch.cat(rows_c), torch.cat(rows_g), rows_r
 
 
+@dataclass(frozen=True)
+class Update:
+    """A closed form's shared matrix as ``T = I + U V^T`` (float64; ``U``, ``V`` are ``[d, r]``).
+
+    Every closed form here changes ``W`` by a product whose inner width is the number of erased rows: UCE's
+    ``T - I = s_e (G - C)^T C (lam I + s_e C^T C + s_p R^T R)^-1``, SPEED's ``(A - T) Q'``. When ``r`` is below half
+    the width ``d`` (the last-word policies: one row per concept), ``W + (W U) V^T`` costs ``2r/d`` of ``W @ T`` at
+    the same float64 precision: most of a repeated edit's time once its encodings are cached (benchmarks/README.md).
+    """
+
+    U: torch.Tensor
+    V: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        return torch.eye(self.U.shape[0], dtype=torch.float64) + self.U @ self.V.T
+
+    def apply(self, W: torch.Tensor) -> torch.Tensor:
+        """``W @ T`` in float64."""
+        W = W.detach().to(torch.float64)
+        U, V = self.U.to(W.device), self.V.to(W.device)
+        return W + (W @ U) @ V.T if 2 * U.shape[1] < U.shape[0] else W @ (self.dense().to(W.device))
+
+
+def uce_update(
+    C: torch.Tensor,
+    G: torch.Tensor,
+    R: torch.Tensor,
+    erase_scale: float,
+    preserve_scale: float,
+    lamb: float,
+    preserve_gram: torch.Tensor | None = None,
+) -> Update:
+    """The shared matrix ``T = (lam I + s_e sum g c^T + s_p sum r r^T)(lam I + s_e sum c c^T + s_p sum r r^T)^-1``.
+
+    Every K/V weight becomes ``W_old @ T``, the minimiser of the UCE objective (see the module docstring). The
+    numerator is the denominator plus ``s_e (G - C)^T C``, so ``T = I + (G - C)^T [s_e C (denominator)^-1]``.
+    ``preserve_gram`` is ``s_p sum r r^T`` when the caller already has it (RECE edits with the same preserve set
+    every epoch); otherwise it is computed from ``R``.
+    """
+    if preserve_gram is None:
+        preserve_gram = gram(R, preserve_scale)
+    system = gram(C, erase_scale) + preserve_gram
+    C, G = C.to(torch.float64), G.to(torch.float64)
+    return Update((G - C).T, ridge_solve(erase_scale * C, system, lamb).T)
+
+
 def uce_transform(
     C: torch.Tensor,
     G: torch.Tensor,
@@ -140,27 +186,19 @@ def uce_transform(
     lamb: float,
     preserve_gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The shared matrix ``T = (lam I + s_e sum g c^T + s_p sum r r^T)(lam I + s_e sum c c^T + s_p sum r r^T)^-1``.
-
-    Every K/V weight becomes ``W_old @ T``, the minimiser of the UCE objective (see the module docstring).
-    ``preserve_gram`` is ``s_p sum r r^T`` when the caller already has it (RECE edits with the same preserve set
-    every epoch); otherwise it is computed from ``R``.
-    """
-    d = C.shape[-1]
-    if preserve_gram is None:
-        preserve_gram = gram(R, preserve_scale)
-    system = gram(C, erase_scale) + preserve_gram
-    rhs = lamb * torch.eye(d, dtype=torch.float64) + cross(G, C, erase_scale) + preserve_gram
-    return ridge_solve(rhs, system, lamb)
+    """:func:`uce_update` as one dense ``[d, d]`` matrix (RECE composes them epoch after epoch)."""
+    return uce_update(C, G, R, erase_scale, preserve_scale, lamb, preserve_gram).dense()
 
 
-def transform_weights(weights: dict[str, torch.Tensor], T: torch.Tensor) -> dict[str, torch.Tensor]:
+def transform_weights(weights: dict[str, torch.Tensor], T: torch.Tensor | Update) -> dict[str, torch.Tensor]:
     """``W @ T`` for every weight, computed in float64 and returned in each weight's dtype.
 
     Measured on SD1.5's 32 K/V matrices (CPU, benchmarks/closed_form.py): a float32 product takes about half the time
     (0.7 s instead of 1.4 s) but is off by up to 1e-6 of max|W @ T| instead of 5e-8 (float32 rounding), also when
-    written as ``W + W (T - I)``. The product is a small share of an edit, so it stays float64.
+    written as ``W + W (T - I)``; so it stays float64, and a thin :class:`Update` saves the time instead.
     """
+    if isinstance(T, Update):
+        return {n: T.apply(w).to(w.dtype) for n, w in weights.items()}
     return {n: (w.detach().to(torch.float64) @ T.to(w.device)).to(w.dtype) for n, w in weights.items()}
 
 
@@ -186,8 +224,8 @@ def pooled_weights(
     texts = list(dict.fromkeys([t for pair in pairs for t in pair] + preserve))
     pooled = dict(zip(texts, model.conditioning(texts).pooled.to(torch.float64), strict=True))
     stack = lambda items: torch.stack([pooled[t] for t in items]) if items else torch.zeros(0, model.pooled_dim)  # noqa: E731
-    T = uce_transform(stack([p[0] for p in pairs]), stack([p[1] for p in pairs]), stack(preserve), erase_scale,
-                      preserve_scale, lamb)  # fmt: skip
+    T = uce_update(stack([p[0] for p in pairs]), stack([p[1] for p in pairs]), stack(preserve), erase_scale,
+                   preserve_scale, lamb)  # fmt: skip
     return transform_weights(maps, T)
 
 
@@ -225,10 +263,10 @@ class UCE(Method):
 
     def transform(
         self, model: ModelAdapter, concepts: ConceptSet, embeddings: Mapping[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    ) -> Update:
         """The shared ``T`` for ``concepts`` (RECE starts from it, passing the text ``embeddings`` it already has)."""
         cfg = self.settings()
         pairs = erase_pairs(concepts, cfg.templates, cfg.erase_synonyms)
         preserve = preserve_list(concepts, cfg.preserve_empty)
         C, G, R = token_rows(model, pairs, preserve, cfg.token_policy, embeddings)
-        return uce_transform(C, G, R, cfg.erase_scale, self.preserve_scale(preserve), cfg.lamb)
+        return uce_update(C, G, R, cfg.erase_scale, self.preserve_scale(preserve), cfg.lamb)

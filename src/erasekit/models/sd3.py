@@ -90,8 +90,8 @@ class SD3Adapter(FluxAdapter):
     def family(self) -> str:
         return "sd3"
 
-    def word_tokens(self, text: str) -> list[int]:
-        ids = super().word_tokens(text)
+    def _check_words(self, text: str) -> list[int]:
+        ids = super()._check_words(text)
         if len(ids) > self.clip_length - 2:
             raise TokenizationError(
                 f"'{text[:40]}...' is {len(ids)} tokens long; SD3's CLIP encoders take at most {self.clip_length - 2}"
