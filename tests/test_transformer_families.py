@@ -231,3 +231,10 @@ def test_a_lora_export_reproduces_the_edit_and_kohya_is_refused(pipe, family, mo
     with pytest.raises(ConfigError, match=f"kohya: written for SD1.x, SD2.x and SDXL, not the '{family}' family"):
         export(edit, pipe, tmp_path / "kohya.safetensors", "lora", lora_format="kohya")
     assert not (tmp_path / "kohya.safetensors").exists()
+
+
+def test_an_edit_refuses_a_pipeline_of_the_same_family_with_other_weights(pipe, family, tmp_path):
+    path = erasekit.erase(pipe, [ERASED], method="uce").save(tmp_path / "dog.safetensors")
+    other = load_pipeline(tiny_pipeline(tmp_path / "other", seed=1, family=family))
+    with pytest.raises(erasekit.errors.BaseModelMismatchError, match="different base model"):
+        erasekit.load_edit(other, path)
