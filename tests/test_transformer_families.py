@@ -202,7 +202,7 @@ def test_an_edit_of_another_family_is_refused(pipe, family, tmp_path):
         erasekit.load_edit(pipe, sd_edit)
 
 
-@pytest.mark.parametrize("method", ["esd", "mace", "gloce", "dumo"])
+@pytest.mark.parametrize("method", ["mace", "gloce", "dumo"])
 def test_methods_without_a_transformer_form_refuse_it_in_one_line(pipe, family, model_path, tmp_path, method):
     name = {"flux": "FLUX.1", "sd3": "SD3"}[family]
     with pytest.raises(ConfigError, match=f"{method} does not edit {name} models; methods that do: .*uce"):

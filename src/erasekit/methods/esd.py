@@ -31,7 +31,7 @@ from torch import nn
 from ..concepts import ConceptSet
 from ..edits import Edit
 from ..models.adapter import Conditioning, ModelAdapter, tensors_fingerprint
-from .base import Method, register_method
+from .base import TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, register_method
 from .training import (
     NegativeGuidanceObjective,
     TrainingConfig,
@@ -59,20 +59,15 @@ class ESDConfig(TrainingConfig):
 
 
 def trainable_names(model: ModelAdapter, train_method: TrainMethod) -> list[str]:
-    """UNet state-dict names of the weights and biases that ``train_method`` fine-tunes."""
-    prefixes = tuple(layer.name + "." for layer in model.layers)
-    kv = tuple(p + proj for p in prefixes for proj in ("to_k", "to_v"))
+    """Denoiser state-dict names of the weights and biases that ``train_method`` fine-tunes. What reads the text
+    (``x``, ``x-strict``) comes from the adapter: a UNet's cross-attention layers, a transformer's text-stream
+    attention projections."""
+    text = set(model.text_attention_modules(strict=train_method == "x-strict"))
     names = []
-    for name, module in model.unet.named_modules():
+    for name, module in model.denoiser.named_modules():
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
-        in_xattn = name.startswith(prefixes)
-        chosen = {
-            "x": in_xattn,
-            "u": not in_xattn,
-            "full": True,
-            "x-strict": name in kv,
-        }[train_method]
+        chosen = {"x": name in text, "x-strict": name in text, "u": name not in text, "full": True}[train_method]
         if chosen:
             names += [f"{name}.{n}" for n, _ in module.named_parameters(recurse=False)]
     return names
@@ -84,6 +79,7 @@ class ESD(Method):
 
     name = "esd"
     config_class = ESDConfig
+    families = (*UNET_FAMILIES, *TRANSFORMER_FAMILIES)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # esd_sdxl.py of the authors' 2025 rewrite (esd-x; 1024 px follows from SDXL's latent size); checkpointing
         # so that it trains on one 24 GB GPU with the pipeline loaded in bf16
@@ -102,12 +98,12 @@ class ESD(Method):
 
     def _train(self, model: ModelAdapter, concepts: ConceptSet, cfg: ESDConfig) -> tuple[dict, dict]:
         """Fine-tune float32 copies of the variant's tensors; return them and the training record."""
-        unet = model.unet
+        denoiser = model.denoiser
         names = trainable_names(model, cfg.train_method)
-        originals = model.unet_parameters(names)  # the teacher's: the copies replace them in the UNet while training
+        originals = model.unet_parameters(names)  # the teacher's: the copies replace them in the model while training
 
         def teacher(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-            return torch.func.functional_call(unet, originals, (x, t), model.unet_kwargs(cond, x)).sample
+            return model.denoise(x, t, cond, params=originals)
 
         config = self.edit_config(cfg)
         identity = run_identity(self.name, config, concepts.to_dict(), tensors_fingerprint(originals))
@@ -115,9 +111,9 @@ class ESD(Method):
             model, model.denoise, teacher, training_pairs(concepts, cfg), concepts.preserve_texts(), cfg
         )
         with (
-            frozen(unet),
-            float32_copies(unet, names) as copies,
-            gradient_checkpointing(cfg.gradient_checkpointing, unet),
+            frozen(denoiser),
+            float32_copies(denoiser, names) as copies,
+            gradient_checkpointing(cfg.gradient_checkpointing, denoiser),
         ):
             record = run_training(
                 objective, dict(copies), [{"params": list(copies.values()), "lr": cfg.lr}], cfg, identity,

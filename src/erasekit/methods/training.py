@@ -43,7 +43,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from diffusers import DDIMScheduler
 from rich.progress import TextColumn
 from torch import nn
 
@@ -57,7 +56,7 @@ from ..validation import Seed, check_at_least
 from .base import guide_for
 
 NoiseModel = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
-"""``model(x_t, t, cond) -> the UNet's prediction`` (noise, or velocity for a v-prediction model)."""
+"""``model(x_t, t, cond) -> the denoiser's prediction`` (noise; velocity for v-prediction and flow models)."""
 HALF = (torch.float16, torch.bfloat16)
 
 CHECKPOINT = "checkpoint.pt"
@@ -91,6 +90,9 @@ class TrainingConfig:
     batch_size: int = field(
         default=1, metadata={"help": "trajectories per step and process (ESD: 1); N processes train with N x this"}
     )
+    image_size: int | None = field(
+        default=None, metadata={"help": "pixel size of the trajectories' images (None: the model's default size)"}
+    )
     preserve_weight: float = field(
         default=0.0, metadata={"help": "weight of ||eps_phi(p) - eps_0(p)||^2 on preserved prompts p (0 = off)"}
     )
@@ -116,6 +118,8 @@ class TrainingConfig:
     def check(self, where: str) -> None:
         """Range checks shared by the subclasses (called from their ``__post_init__``)."""
         check_at_least(self, where, 0, ("steps", "lr", "sampling_steps", "batch_size", "checkpoint_every"), strict=True)
+        if self.image_size is not None:
+            check_at_least(self, where, 0, ("image_size",), strict=True)
         check_at_least(self, where, 0, ("negative_guidance", "start_guidance", "preserve_weight"))
 
 
@@ -156,9 +160,10 @@ def autocast(
 class NegativeGuidanceObjective:
     """The ESD loss of one step, given the frozen ``teacher`` and the trained ``student``.
 
-    The conditioning of every erased, anchor and preserved prompt is computed once. The trajectory sampler is DDIM
-    (eta 0, deterministic) built from the pipeline's scheduler config, whatever scheduler the pipeline samples with
-    (so also its prediction type: a v-prediction model's outputs step as velocities). In a data-parallel run every
+    The conditioning of every erased, anchor and preserved prompt is computed once. The trajectory sampler is the
+    adapter's (:meth:`ModelAdapter.trajectory_timesteps`): DDIM (eta 0, deterministic) from the pipeline's scheduler
+    config for UNet families, whatever scheduler the pipeline samples with (so also its prediction type: a
+    v-prediction model's outputs step as velocities); flow-matching Euler for FLUX and SD3. In a data-parallel run every
     process draws the whole step (prompt, depth, noise for ``world x batch_size`` trajectories) and keeps its rows.
     """
 
@@ -177,32 +182,38 @@ class NegativeGuidanceObjective:
         self.pairs = list(pairs)
         self.preserve = list(preserve) if cfg.preserve_weight > 0 else []
         texts = list(dict.fromkeys([""] + [t for p in self.pairs for t in p] + self.preserve))
-        unet = model.unet
-        self.device, self.dtype = unet.device, unet.dtype
+        denoiser = model.denoiser
+        self.device, self.dtype = denoiser.device, denoiser.dtype
         self.rows = {text: i for i, text in enumerate(texts)}
         self.cond = model.conditioning(texts).to(self.device, self.dtype)
-        self.scheduler = DDIMScheduler.from_config(model.pipe.scheduler.config)
-        self.scheduler.set_timesteps(cfg.sampling_steps, device=self.device)
         self.rank, self.world = data_parallel(self.device)
-        size = unet.config.sample_size
-        self.latent_shape = (self.world * cfg.batch_size, unet.config.in_channels, size, size)
+        self.latent_shape = model.latent_shape(self.world * cfg.batch_size, cfg.image_size)
+        self.scheduler = model.trajectory_timesteps(cfg.sampling_steps, self.latent_shape)
+        self.flow = model.prediction_type == "flow"
         self.shard = slice(self.rank * cfg.batch_size, (self.rank + 1) * cfg.batch_size)
 
     def _batch(self, *texts: str) -> Conditioning:
         """The conditioning of ``texts`` in turn, each on ``batch_size`` rows (the pooled embedding travels along)."""
         return self.cond[[self.rows[text] for text in texts for _ in range(self.cfg.batch_size)]]
 
+    def _scaled(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x if self.flow else self.scheduler.scale_model_input(x, t)
+
     @torch.no_grad()
     def trajectory(self, text: str, k: int, generator: torch.Generator) -> torch.Tensor:
-        """``x_t`` after ``k`` guided DDIM steps of the frozen model from seeded noise (ESD's partial trajectory)."""
+        """``x_t`` after ``k`` guided steps of the frozen model from seeded noise (ESD's partial trajectory): DDIM for
+        noise- and v-prediction models, Euler on the sigmas for flow-matching ones (FLUX, SD3)."""
         x = torch.randn(self.latent_shape, generator=generator)[self.shard].to(self.device, self.dtype)
-        x = x * self.scheduler.init_noise_sigma
+        if not self.flow:
+            x = x * self.scheduler.init_noise_sigma
         pair = self._batch("", text)
-        for t in self.scheduler.timesteps[:k]:
-            x_in = self.scheduler.scale_model_input(torch.cat([x, x]), t)
-            eps_u, eps_c = self.teacher(x_in, t, pair).chunk(2)
-            eps = eps_u + self.cfg.start_guidance * (eps_c - eps_u)
-            x = self.scheduler.step(eps, t, x).prev_sample
+        for i, t in enumerate(self.scheduler.timesteps[:k]):
+            out_u, out_c = self.teacher(self._scaled(torch.cat([x, x]), t), t, pair).chunk(2)
+            out = out_u + self.cfg.start_guidance * (out_c - out_u)
+            if self.flow:
+                x = x + (self.scheduler.sigmas[i + 1] - self.scheduler.sigmas[i]).to(x.dtype) * out
+            else:
+                x = self.scheduler.step(out, t, x).prev_sample
         return x
 
     def loss(self, generator: torch.Generator) -> torch.Tensor:
@@ -216,7 +227,7 @@ class NegativeGuidanceObjective:
         with autocast(self.device, cfg.mixed_precision, self.dtype):
             x_t = self.trajectory(text, k, generator)
             t = self.scheduler.timesteps[k]
-            x_in = self.scheduler.scale_model_input(x_t, t)
+            x_in = self._scaled(x_t, t)
             with torch.no_grad():
                 eps_c = self.teacher(x_in, t, self._batch(text)).float()
                 eps_a = self.teacher(x_in, t, self._batch(anchor)).float()

@@ -472,9 +472,44 @@ class ModelAdapter:
         """The keyword arguments of ``unet(latents, t, **kwargs)`` for this family."""
         return {"encoder_hidden_states": cond.hidden.to(latents.device, latents.dtype)}
 
-    def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The UNet's prediction for ``latents`` at timestep ``t`` under ``cond`` (every UNet call a method makes)."""
-        return self.unet(latents, t, **self.unet_kwargs(cond, latents)).sample
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The denoiser's prediction for ``latents`` at timestep ``t`` under ``cond`` (every denoiser call a method
+        makes); ``params`` (state-dict name -> tensor) stand in for the denoiser's own for this call."""
+        return self._call(self.unet, params, (latents, t), self.unet_kwargs(cond, latents)).sample
+
+    @staticmethod
+    def _call(module: nn.Module, params: Mapping[str, torch.Tensor] | None, args: tuple, kwargs: dict) -> Any:
+        if params is None:
+            return module(*args, **kwargs)
+        return torch.func.functional_call(module, dict(params), args, kwargs)
+
+    def latent_shape(self, batch: int, image_size: int | None = None) -> tuple[int, ...]:
+        """The shape of ``batch`` latents the denoiser takes for ``image_size``-pixel images (default: the model's)."""
+        side = image_size // self.pipe.vae_scale_factor if image_size else self.unet.config.sample_size
+        return (batch, self.unet.config.in_channels, side, side)
+
+    def trajectory_timesteps(self, steps: int, latent_shape: tuple[int, ...]) -> Any:
+        """A scheduler set to ``steps`` sampling steps whose ``step`` moves a trajectory: DDIM (eta 0) from the
+        pipeline's scheduler config, whatever scheduler the pipeline samples with."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    def text_attention_modules(self, strict: bool = False) -> list[str]:
+        """Denoiser module paths of what reads the text: every Linear of the cross-attention layers, or with
+        ``strict`` only their key and value projections (ESD's ``x`` and ``x-strict``)."""
+        if strict:
+            return [f"{layer.name}.{proj}" for layer in self.layers for proj in ("to_k", "to_v")]
+        prefixes = tuple(layer.name + "." for layer in self.layers)
+        return [n for n, m in self.unet.named_modules() if n.startswith(prefixes) and isinstance(m, nn.Linear)]
 
     def fingerprint(self) -> str:
         """sha256 of the text encoders' weights: a cache key for text embeddings of this model (hashed once per

@@ -13,7 +13,7 @@ T5 has no start token: a text's words sit at positions 0..n-1 and its end token 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +23,8 @@ from ..errors import ModelLayoutError
 from .adapter import Conditioning, CrossAttentionLayer, ModelAdapter
 from .cache import TensorCache
 
+GUIDANCE = 3.5
+"""FLUX.1-dev's embedded guidance when a method calls the transformer (the pipeline's default; EraseAnything's too)."""
 FLUX_MAX_SEQUENCE = 512
 """FLUX.1-dev's T5 length; schnell's pipeline is called with 256 (set :attr:`FluxAdapter.max_length`)."""
 
@@ -130,8 +132,66 @@ class FluxAdapter(ModelAdapter):
         return Conditioning(whole.hidden[:, :positions], whole.pooled)
 
     # ------------------------------------------------------------- denoising
-    def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        raise ModelLayoutError(
-            f"methods that train through the denoiser do not run on {type(self.transformer).__name__} yet; the closed "
-            "forms (uce, rece, speed) do"
-        )
+    @property
+    def prediction_type(self) -> str:
+        """Rectified flow: the transformer predicts the velocity ``noise - clean`` at ``x_t = (1 - s) x0 + s noise``."""
+        return "flow"
+
+    def latent_shape(self, batch: int, image_size: int | None = None) -> tuple[int, ...]:
+        """Unpacked latents ``[n, C, h, w]`` (``C`` = the transformer's input channels / 4: each token packs 2x2)."""
+        factor = self.pipe.vae_scale_factor
+        size = image_size or self.pipe.default_sample_size * factor
+        side = 2 * (size // (factor * 2))
+        return (batch, self.transformer.config.in_channels // 4, side, side)
+
+    def trajectory_timesteps(self, steps: int, latent_shape: tuple[int, ...]) -> Any:
+        """The pipeline's flow-matching schedule for ``steps`` steps: sigmas from 1 down to 1/steps, shifted for the
+        image's token count when the scheduler shifts dynamically (FLUX.1-dev), as ``FluxPipeline`` sets it."""
+        import numpy as np
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        config = scheduler.config
+        tokens = (latent_shape[-2] // 2) * (latent_shape[-1] // 2)
+        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))  # fmt: skip
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        scheduler.set_timesteps(sigmas=sigmas, mu=mu if config.use_dynamic_shifting else None, device=self.device)
+        return scheduler
+
+    def text_attention_modules(self, strict: bool = False) -> list[str]:
+        """The text stream's attention projections of the double-stream blocks (``add_q/k/v_proj``, ``to_add_out``;
+        with ``strict`` only ``add_k_proj`` and ``add_v_proj``): what the text controls, as ESD-x trains in a UNet."""
+        names = ("add_k_proj", "add_v_proj") if strict else ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+        return [n for n, m in self.transformer.named_modules()
+                if isinstance(m, nn.Linear) and n.rpartition(".")[2] in names and ".attn." in n]  # fmt: skip
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The velocity for unpacked ``latents`` at timestep ``t`` (sigma x 1000, as the scheduler counts), as
+        ``FluxPipeline`` calls the transformer: latents packed 2x2 into tokens with their position ids, zero text ids,
+        the timestep / 1000, and FLUX.1-dev's embedded guidance (``GUIDANCE``) when the model takes one."""
+        n, c, h, w = latents.shape
+        packed = latents.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w // 4, c * 4)
+        ids = torch.zeros(h // 2, w // 2, 3, device=latents.device, dtype=latents.dtype)
+        ids[..., 1] += torch.arange(h // 2, device=latents.device)[:, None]
+        ids[..., 2] += torch.arange(w // 2, device=latents.device)[None, :]
+        hidden = cond.hidden.to(latents.device, latents.dtype).expand(n, -1, -1)
+        kwargs = {
+            "hidden_states": packed,
+            "timestep": (t.to(latents.device, latents.dtype) / 1000).expand(n),
+            "pooled_projections": cond.pooled.to(latents.device, latents.dtype).expand(n, -1),
+            "encoder_hidden_states": hidden,
+            "txt_ids": torch.zeros(hidden.shape[1], 3, device=latents.device, dtype=latents.dtype),
+            "img_ids": ids.reshape(-1, 3),
+            "guidance": (torch.full((n,), GUIDANCE, device=latents.device, dtype=latents.dtype)
+                         if self.transformer.config.guidance_embeds else None),
+        }  # fmt: skip
+        out = self._call(self.transformer, params, (), kwargs).sample
+        return out.view(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)

@@ -13,7 +13,7 @@ words sit again (T5 has no start token): :meth:`SD3Adapter.last_word_rows` names
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -136,3 +136,33 @@ class SD3Adapter(FluxAdapter):
             t5 = clip.new_zeros(len(clip), self.t5_length, self.embedding_dim)
         clip = torch.nn.functional.pad(clip, (0, self.embedding_dim - clip.shape[-1]))
         return Conditioning(torch.cat([clip, t5], dim=1), torch.cat(pooled, dim=-1))
+
+    # ------------------------------------------------------------- denoising
+    def latent_shape(self, batch: int, image_size: int | None = None) -> tuple[int, ...]:
+        side = image_size // self.pipe.vae_scale_factor if image_size else self.transformer.config.sample_size
+        return (batch, self.transformer.config.in_channels, side, side)
+
+    def trajectory_timesteps(self, steps: int, latent_shape: tuple[int, ...]) -> Any:
+        """SD3's flow-matching schedule (its scheduler's fixed shift) for ``steps`` steps."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The velocity for ``latents`` at timestep ``t`` (sigma x 1000), as ``StableDiffusion3Pipeline`` calls it."""
+        n = len(latents)
+        kwargs = {
+            "hidden_states": latents,
+            "timestep": t.to(latents.device, latents.dtype).expand(n),
+            "encoder_hidden_states": cond.hidden.to(latents.device, latents.dtype).expand(n, -1, -1),
+            "pooled_projections": cond.pooled.to(latents.device, latents.dtype).expand(n, -1),
+        }
+        return self._call(self.transformer, params, (), kwargs).sample
