@@ -82,6 +82,9 @@ def test_methods_lists_each_method_with_its_hyper_parameters():
     assert result.exit_code == 0, result.output
     for text in ("uce", "rece", "lamb", "token_policy", "lambda_reg", "epochs", "UCEConfig()"):
         assert text in result.output
+    flat = " ".join(result.output.split())  # titles may wrap
+    assert flat.count("[SD1.x, SD2.x, SDXL, FLUX.1, SD3]") == 4  # uce, rece, speed, esd
+    assert flat.count("[SD1.x, SD2.x, SDXL]") == 3  # mace, gloce, dumo
 
 
 def test_erase_writes_artifact_and_json_metadata(artifact: Path):

@@ -341,11 +341,14 @@ def export(
 @app.command()
 def methods() -> None:
     """List the erasure methods and their hyper-parameters (the `params:` of a run config)."""
+    from .edits import FAMILY_NAMES
     from .methods import METHODS
 
     for name, method in METHODS.items():
         summary = (method.__doc__ or "").strip().splitlines()[0]
-        table = Table("param", "default", "meaning", title=f"{name}: {summary}", title_justify="left")
+        families = ", ".join(FAMILY_NAMES.get(f, f) for f in method.families)
+        title = f"{name}: {summary} [{families}]"
+        table = Table("param", "default", "meaning", title=title, title_justify="left")
         for field, default, help_text in method.describe():
             shown = f"{type(default).__name__}()" if dataclasses.is_dataclass(default) else json.dumps(default)
             table.add_row(field, shown, escape(help_text))
