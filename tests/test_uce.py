@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from erasekit import ConceptSet, erase
-from erasekit.methods.uce import UCE, erase_pairs, preserve_list, token_rows, uce_transform
+from erasekit.methods.uce import UCE, erase_pairs, preserve_list, token_rows, uce_update
 
 
 def _random_rows(seed: int, d: int = 6):
@@ -21,7 +21,7 @@ def _random_rows(seed: int, d: int = 6):
 @pytest.mark.parametrize("s_e, s_p, lam", [(1.0, 0.1, 0.5), (3.0, 1.0, 0.01), (0.5, 0.0, 1.0)])
 def test_uce_solution_zeroes_gradient_of_objective(s_e, s_p, lam):
     C, G, R, Ws = _random_rows(0)
-    T = uce_transform(C, G, R, s_e, s_p, lam)
+    T = uce_update(C, G, R, s_e, s_p, lam).dense()
     for W_old in Ws:
         W = W_old @ T
         # objective: s_e sum ||W c - W_old g||^2 + s_p sum ||W r - W_old r||^2 + lam ||W - W_old||^2
@@ -32,7 +32,7 @@ def test_uce_solution_zeroes_gradient_of_objective(s_e, s_p, lam):
 def test_uce_solution_equals_direct_least_squares_per_matrix():
     C, G, R, Ws = _random_rows(1)
     s_e, s_p, lam = 1.0, 0.3, 0.5
-    T = uce_transform(C, G, R, s_e, s_p, lam)
+    T = uce_update(C, G, R, s_e, s_p, lam).dense()
     d = C.shape[1]
     for W_old in Ws:
         design = torch.cat([s_e**0.5 * C, s_p**0.5 * R, lam**0.5 * torch.eye(d, dtype=torch.float64)])

@@ -35,7 +35,7 @@ from ..models.adapter import ModelAdapter
 from ..models.cache import digest, memo_fingerprint
 from ..validation import check_at_least
 from .base import TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method
-from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_transform
+from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_update
 
 # Per-kind presets from the authors' README, model card and scripts. Celebrities are not in RECE's code: they take
 # the art settings, for the reasons in docs/methods/rece.md ("Settings per kind").
@@ -144,16 +144,10 @@ class RECE(Method):
                 rows = derive_embedding(c_rows[idx].reshape(-1, d), T, G, lambda_reg)
                 adversarial[idx] = rows.reshape(len(idx), -1, d)
             derived[f"rece/embeddings/epoch{epoch}"] = adversarial.float()
-            T_k = uce_transform(
-                adversarial.reshape(-1, d),
-                guides,
-                R,
-                cfg.erase_scale,
-                cfg.preserve_scale,
-                cfg.lamb,
-                preserve_gram,
+            T_k = uce_update(
+                adversarial.reshape(-1, d), guides, R, cfg.erase_scale, cfg.preserve_scale, cfg.lamb, preserve_gram
             )
-            T = T @ T_k
+            T = T @ T_k.dense()
             history.append(T)
 
         scores = []  # of every epoch (0 = the UCE stage), with its weights temporarily in the model

@@ -177,19 +177,6 @@ def uce_update(
     return Update((G - C).T, ridge_solve(erase_scale * C, system, lamb).T)
 
 
-def uce_transform(
-    C: torch.Tensor,
-    G: torch.Tensor,
-    R: torch.Tensor,
-    erase_scale: float,
-    preserve_scale: float,
-    lamb: float,
-    preserve_gram: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`uce_update` as one dense ``[d, d]`` matrix (RECE composes them epoch after epoch)."""
-    return uce_update(C, G, R, erase_scale, preserve_scale, lamb, preserve_gram).dense()
-
-
 def transform_weights(weights: dict[str, torch.Tensor], T: torch.Tensor | Update) -> dict[str, torch.Tensor]:
     """``W @ T`` for every weight, computed in float64 and returned in each weight's dtype.
 

@@ -36,19 +36,10 @@ class FluxAdapter(ModelAdapter):
     word_offset = 0
 
     def __init__(self, pipe: Any, max_sequence_length: int | None = None) -> None:
-        kind = type(pipe).__name__
-        for part in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
-            if getattr(pipe, part, None) is None:
-                raise ModelLayoutError(
-                    f"FLUX pipeline {kind} has no '{part}': erasekit needs the transformer, CLIP (pooled) and T5 "
-                    "(rows) with their tokenizers"
-                )
-        self.pipe = pipe
-        self.transformer = self.denoiser = pipe.transformer
+        self._take(pipe, "FLUX", "the transformer, CLIP (pooled) and T5 (rows) with their tokenizers")
         self.text_encoder, self.tokenizer = pipe.text_encoder_2, pipe.tokenizer_2  # the rows follow T5's positions
         self.clip_encoder, self.clip_tokenizer = pipe.text_encoder, pipe.tokenizer
         self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
-        self.tensor_cache: TensorCache | None = TensorCache.from_env()
         self._max_length = max_sequence_length or min(self.tokenizer.model_max_length, FLUX_MAX_SEQUENCE)
         rows, pooled = self.context_embedder, self.pooled_embedder
         if rows.in_features != self.embedding_dim or pooled.in_features != self.pooled_dim:
@@ -58,6 +49,17 @@ class FluxAdapter(ModelAdapter):
                 "transformer and text encoders do not belong together"
             )
         self.check_finite()
+
+    def _take(self, pipe: Any, family: str, needs: str) -> None:
+        """Check the parts every transformer pipeline has and keep the pipeline and its transformer."""
+        for part in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            if getattr(pipe, part, None) is None:
+                raise ModelLayoutError(
+                    f"{family} pipeline {type(pipe).__name__} has no '{part}': erasekit needs {needs}"
+                )
+        self.pipe = pipe
+        self.transformer = self.denoiser = pipe.transformer
+        self.tensor_cache: TensorCache | None = TensorCache.from_env()
 
     # ----------------------------------------------------------------- layout
     @property

@@ -21,7 +21,6 @@ from torch import nn
 
 from ..errors import ModelLayoutError, TokenizationError
 from .adapter import Conditioning
-from .cache import TensorCache
 from .flux import FluxAdapter
 
 SD3_T5_LENGTH = 256
@@ -35,21 +34,12 @@ class SD3Adapter(FluxAdapter):
     word_offset = 1
 
     def __init__(self, pipe: Any, max_sequence_length: int | None = None) -> None:
-        kind = type(pipe).__name__
-        for part in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
-            if getattr(pipe, part, None) is None:
-                raise ModelLayoutError(
-                    f"SD3 pipeline {kind} has no '{part}': erasekit needs the transformer and both CLIP encoders with "
-                    "their tokenizers (T5 is optional)"
-                )
-        self.pipe = pipe
-        self.transformer = self.denoiser = pipe.transformer
+        self._take(pipe, "SD3", "the transformer and both CLIP encoders with their tokenizers (T5 is optional)")
         self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder  # positions: the first CLIP tokenizer
         self.text_encoder_2, self.tokenizer_2 = pipe.text_encoder_2, pipe.tokenizer_2
         self.t5_encoder, self.t5_tokenizer = getattr(pipe, "text_encoder_3", None), getattr(pipe, "tokenizer_3", None)
         self.text_encoders = [e for e in (pipe.text_encoder, pipe.text_encoder_2, self.t5_encoder) if e is not None]
         self.t5_length = max_sequence_length or SD3_T5_LENGTH
-        self.tensor_cache = TensorCache.from_env()
         clip_width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
         if clip_width > self.embedding_dim:
             raise ModelLayoutError(
