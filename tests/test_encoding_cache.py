@@ -15,7 +15,6 @@ from erasekit.concepts import ConceptSet
 from erasekit.errors import ConfigError
 from erasekit.methods import RECE, UCE
 from erasekit.methods.rece import original_gram
-from erasekit.methods.uce import selected_weights
 from erasekit.models import ModelAdapter, load_pipeline
 from erasekit.models import cache as cache_module
 from erasekit.models.adapter import Conditioning
@@ -168,7 +167,7 @@ def test_uce_and_rece_edits_are_the_same_bits_with_the_cache_cold_and_warm(cache
 def test_rece_gram_comes_from_the_cache_once_computed(cache_on: Path, tiny_model, monkeypatch: pytest.MonkeyPatch):
     from erasekit.methods import rece
 
-    weights = selected_weights(tiny_model, True, True)
+    weights = tiny_model.text_projections(True, True)
     G = rece.cached_original_gram(tiny_model, weights)
     assert torch.equal(G, original_gram(weights))
     monkeypatch.setattr(rece, "original_gram", lambda _w: pytest.fail("G recomputed"))

@@ -238,3 +238,20 @@ def test_an_edit_refuses_a_pipeline_of_the_same_family_with_other_weights(pipe, 
     other = load_pipeline(tiny_pipeline(tmp_path / "other", seed=1, family=family))
     with pytest.raises(erasekit.errors.BaseModelMismatchError, match="different base model"):
         erasekit.load_edit(other, path)
+
+
+def test_pooled_vectors_come_from_the_clip_encoders_alone(pipe):
+    """The pooled maps' closed form needs only the pooled vectors: they equal ``conditioning``'s, and T5 (most of the
+    encoding cost on FLUX / SD3) does not run for them."""
+    model = ModelAdapter(pipe)
+    model.tensor_cache = None
+    texts = ["a photo of a dog", "cat", ""]
+    t5 = pipe.text_encoder_2 if is_flux(pipe) else pipe.text_encoder_3
+    calls = []
+    hook = t5.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        pooled = model.encode_pooled(texts)
+    finally:
+        hook.remove()
+    assert not calls
+    assert torch.equal(pooled, model.conditioning(texts).pooled)

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .errors import ArtifactError, BaseModelMismatchError, NumericalError
 from .io import atomic_file, check_output
-from .models.adapter import ModelAdapter, tensors_fingerprint
+from .models.adapter import ModelAdapter, denoiser_of, tensors_fingerprint
 from .registry import Registry
 
 FORMAT = "erasekit.edit/1"
@@ -486,13 +486,6 @@ def load_edit(pipe, path: str | Path, check: bool = True, verify: bool = True) -
     edit = Edit.load(path, verify=verify)
     edit.apply(pipe, check=check)
     return edit
-
-
-def denoiser_of(pipe: Any) -> tuple[str, Any]:
-    """The pipeline component every edit changes and its name: ``("unet", pipe.unet)``, or a transformer pipeline's
-    ``("transformer", pipe.transformer)`` (FLUX)."""
-    transformer = getattr(pipe, "transformer", None)
-    return ("transformer", transformer) if transformer is not None else ("unet", pipe.unet)
 
 
 def _denoiser_id(pipe: Any) -> int:

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
-from ..edits import denoiser_of
 from ..errors import ArtifactError, ConfigError
 from ..io import atomic_dir, atomic_file, check_output
+from ..models import denoiser_of
 from . import ldm
 
 if TYPE_CHECKING:

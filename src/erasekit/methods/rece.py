@@ -35,7 +35,7 @@ from ..models.adapter import ModelAdapter
 from ..models.cache import digest, memo_fingerprint
 from ..validation import check_at_least
 from .base import TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method
-from .uce import UCE, UCEConfig, preserve_list, selected_weights, transform_weights, uce_update
+from .uce import UCE, UCEConfig, preserve_list, transform_weights, uce_update
 
 # Per-kind presets from the authors' README, model card and scripts. Celebrities are not in RECE's code: they take
 # the art settings, for the reasons in docs/methods/rece.md ("Settings per kind").
@@ -124,7 +124,7 @@ class RECE(Method):
         embeddings = dict(zip(texts, model.encode(texts), strict=True))
         T = UCE(cfg.uce).transform(model, concepts, embeddings).dense()
         pooled = UCE(cfg.uce).pooled(model, concepts)  # FLUX's pooled map: UCE's edit, not refined by the epochs
-        originals = selected_weights(model, cfg.uce.edit_keys, cfg.uce.edit_values)  # live, left unchanged
+        originals = model.text_projections(cfg.uce.edit_keys, cfg.uce.edit_values)  # live, left unchanged
         G = cached_original_gram(model, originals)
         per_kind = {kind: self.settings(kind) for kind in dict.fromkeys(c.kind for c in concepts)}
         epochs = max(per_kind[c.kind].epochs for c in concepts)

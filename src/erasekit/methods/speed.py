@@ -42,7 +42,7 @@ from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import Seed, check_at_least
 from .base import DEFAULT_GUIDES, TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method, single_kind
-from .uce import UCEConfig, Update, pooled_weights, selected_weights, transform_weights
+from .uce import UCEConfig, Update, pooled_weights, transform_weights
 
 # The anchors of the reference scripts: "" (the start row) for objects and explicit content, "art" for styles,
 # "person" for celebrities.
@@ -256,7 +256,7 @@ class SPEED(Method):
             else empty[:0].T
         )
 
-        weights = selected_weights(model, cfg.edit_keys, cfg.edit_values)
+        weights = model.text_projections(cfg.edit_keys, cfg.edit_values)
         refining = cfg.ipf or cfg.dpa_copies > 0  # then the refined retain set depends on W: one P per weight
         if refining:  # (A - T)(I + T)^-1: IPF's D = W @ erase_map, one solve for all W
             erase_map = ridge_solve(cross(c_star, c1, 1 / len(c1)) - T, T, 1.0)

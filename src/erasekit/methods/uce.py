@@ -189,12 +189,6 @@ def transform_weights(weights: dict[str, torch.Tensor], T: torch.Tensor | Update
     return {n: (w.detach().to(torch.float64) @ T.to(w.device)).to(w.dtype) for n, w in weights.items()}
 
 
-def selected_weights(model: ModelAdapter, keys: bool, values: bool) -> dict[str, torch.Tensor]:
-    """The weights a closed-form edit changes: the K and/or V projections of the text rows (FLUX: the one map of
-    T5's rows)."""
-    return dict(model.text_projections(keys, values))
-
-
 def pooled_weights(
     model: ModelAdapter, pairs: list[tuple[str, str]], preserve: list[str], erase_scale: float, preserve_scale: float,
     lamb: float,
@@ -209,7 +203,7 @@ def pooled_weights(
     if not maps:
         return {}
     texts = list(dict.fromkeys([t for pair in pairs for t in pair] + preserve))
-    pooled = dict(zip(texts, model.conditioning(texts).pooled.to(torch.float64), strict=True))
+    pooled = dict(zip(texts, model.encode_pooled(texts).to(torch.float64), strict=True))
     stack = lambda items: torch.stack([pooled[t] for t in items]) if items else torch.zeros(0, model.pooled_dim)  # noqa: E731
     T = uce_update(stack([p[0] for p in pairs]), stack([p[1] for p in pairs]), stack(preserve), erase_scale,
                    preserve_scale, lamb)  # fmt: skip
@@ -233,7 +227,7 @@ class UCE(Method):
     def fit(self, model: ModelAdapter, concepts: ConceptSet) -> Edit:
         cfg = self.settings()
         T = self.transform(model, concepts)
-        weights = transform_weights(selected_weights(model, cfg.edit_keys, cfg.edit_values), T)
+        weights = transform_weights(model.text_projections(cfg.edit_keys, cfg.edit_values), T)
         weights.update(self.pooled(model, concepts))
         return Edit.from_weights(self.name, self.edit_config(cfg), concepts.to_dict(), model, weights)
 

@@ -357,6 +357,11 @@ class ModelAdapter:
         """
         return self._encode(texts, positions, batch_size).hidden
 
+    def encode_pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        """The pooled vectors ``[n, p]`` of ``texts`` (float32, CPU), for families that take one; transformer
+        adapters run only the encoders the pooled vector comes from."""
+        return self.conditioning(texts).pooled
+
     @torch.no_grad()
     def conditioning(self, texts: Sequence[str], batch_size: int = 32) -> Conditioning:
         """Everything a UNet call needs from ``texts`` (float32, CPU): :meth:`encode`'s rows and the family's extras."""
@@ -516,6 +521,13 @@ class ModelAdapter:
         weights, :func:`~erasekit.models.cache.module_fingerprint`)."""
         digests = [module_fingerprint(encoder) for encoder in self.text_encoders]
         return digests[0] if len(digests) == 1 else digest(*digests)
+
+
+def denoiser_of(pipe: Any) -> tuple[str, nn.Module]:
+    """The pipeline component every edit changes and its name: ``("unet", pipe.unet)``, or a transformer pipeline's
+    ``("transformer", pipe.transformer)`` (FLUX, SD3)."""
+    transformer = getattr(pipe, "transformer", None)
+    return ("transformer", transformer) if transformer is not None else ("unet", pipe.unet)
 
 
 def _copy_into(params: Mapping[str, nn.Parameter], weights: Mapping[str, torch.Tensor]) -> None:

@@ -107,13 +107,34 @@ class FluxAdapter(ModelAdapter):
     def encoders(self) -> list[tuple[Any, nn.Module]]:
         return [(self.clip_tokenizer, self.clip_encoder), (self.tokenizer, self.text_encoder)]
 
-    def _token_ids(self, texts: list[str], positions: int | None) -> list[torch.Tensor]:
+    @property
+    def pooled_encoders(self) -> list[tuple[Any, nn.Module]]:
+        """``(tokenizer, encoder)`` pairs whose pooled outputs, side by side, are the pooled vector: FLUX's CLIP."""
+        return [(self.clip_tokenizer, self.clip_encoder)]
+
+    def _pooled_ids(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Input ids of every pooled encoder (its own 77 positions), checking first that T5 can encode each text."""
         for text in texts:
-            self.word_tokens(text)  # one clear error for text T5 cannot encode
-        clip = self.clip_tokenizer(list(texts), padding="max_length", max_length=self.clip_tokenizer.model_max_length,
-                                   truncation=True, return_tensors="pt").input_ids  # fmt: skip
-        t5 = self.tokenize(texts)[:, :positions]
-        return [clip, t5]
+            self.word_tokens(text)  # one clear error for text the tokenizers cannot encode
+        return [tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids for tokenizer, _ in self.pooled_encoders]  # fmt: skip
+
+    @staticmethod
+    def _pooled_output(out: Any) -> torch.Tensor:
+        """A CLIP encoder's pooled vector: the projected one where it has a projection (SD3), else the EOS row."""
+        return out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output
+
+    @torch.no_grad()
+    def encode_pooled(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """The pooled vectors alone, float32 on the CPU: only the CLIP encoder(s) run, not T5 (most of the cost)."""
+        parts = []
+        for (_, encoder), ids in zip(self.pooled_encoders, self._pooled_ids(texts), strict=True):
+            chunks = [encoder(ids[i : i + batch_size].to(encoder.device)) for i in range(0, len(ids), batch_size)]
+            parts.append(torch.cat([self._pooled_output(c).to("cpu", torch.float32) for c in chunks]))
+        return torch.cat(parts, dim=-1)
+
+    def _token_ids(self, texts: list[str], positions: int | None) -> list[torch.Tensor]:
+        return [*self._pooled_ids(texts), self.tokenize(texts)[:, :positions]]
 
     def encode_ids(self, ids: Sequence[torch.Tensor]) -> Conditioning:
         """T5's last hidden state (the rows) and CLIP's pooled output, as ``FluxPipeline.encode_prompt`` computes
@@ -121,7 +142,7 @@ class FluxAdapter(ModelAdapter):
         clip_ids, t5_ids = ids
         device = self.text_encoder.device
         rows = self.text_encoder(t5_ids.to(device))[0]
-        pooled = self.clip_encoder(clip_ids.to(self.clip_encoder.device)).pooler_output.to(device)
+        pooled = self._pooled_output(self.clip_encoder(clip_ids.to(self.clip_encoder.device))).to(device)
         return Conditioning(rows, pooled)
 
     def _encode(self, texts: Sequence[str], positions: int | None, batch_size: int) -> Conditioning:

@@ -101,11 +101,13 @@ class SD3Adapter(FluxAdapter):
         pairs = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
         return pairs + ([(self.t5_tokenizer, self.t5_encoder)] if self.t5_encoder is not None else [])
 
+    @property
+    def pooled_encoders(self) -> list[tuple[Any, nn.Module]]:
+        """Both CLIP encoders: SD3's pooled vector is their projected outputs side by side."""
+        return [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
+
     def _token_ids(self, texts: list[str], positions: int | None) -> list[torch.Tensor]:
-        for text in texts:
-            self.word_tokens(text)
-        ids = [tok(list(texts), padding="max_length", max_length=self.clip_length, truncation=True,
-                   return_tensors="pt").input_ids for tok in (self.tokenizer, self.tokenizer_2)]  # fmt: skip
+        ids = self._pooled_ids(texts)
         if self.t5_encoder is not None:
             ids.append(self.t5_tokenizer(list(texts), padding="max_length", max_length=self.t5_length,
                                          truncation=True, return_tensors="pt").input_ids)  # fmt: skip
@@ -118,7 +120,7 @@ class SD3Adapter(FluxAdapter):
         for encoder, part in zip((self.text_encoder, self.text_encoder_2), ids[:2], strict=True):
             out = encoder(part.to(encoder.device), output_hidden_states=True)
             halves.append(out.hidden_states[-2].to(device))
-            pooled.append(out[0].to(device))
+            pooled.append(self._pooled_output(out).to(device))
         clip = torch.cat(halves, dim=-1)
         if self.t5_encoder is not None:
             t5 = self.t5_encoder(ids[2].to(self.t5_encoder.device))[0].to(device, clip.dtype)
