@@ -42,7 +42,7 @@ from ..linalg import cross, gram, ridge_solve
 from ..models.adapter import ModelAdapter
 from ..validation import Seed, check_at_least
 from .base import DEFAULT_GUIDES, TRANSFORMER_FAMILIES, UNET_FAMILIES, Method, guide_for, register_method, single_kind
-from .uce import UCEConfig, Update, pooled_weights, transform_weights
+from .uce import UCE, Update, pooled_weights, transform_weights
 
 # The anchors of the reference scripts: "" (the start row) for objects and explicit content, "art" for styles,
 # "person" for celebrities.
@@ -276,9 +276,10 @@ class SPEED(Method):
                 transform = shared
             edited.update(transform_weights({name: weight}, transform))
             kept[name] = len(refined)
-        uce = UCEConfig()  # FLUX's pooled map: UCE's closed form with its defaults (one vector per text to keep)
+        uce = UCE()  # FLUX's / SD3's pooled map: UCE's closed form with its defaults (one vector per text to keep)
         pairs = list(zip(targets, anchors, strict=True))
-        edited.update(pooled_weights(model, pairs, preserve, 1.0, max(0.1, 1 / max(len(preserve), 1)), uce.lamb))
+        scale = uce.settings().erase_scale
+        edited.update(pooled_weights(model, pairs, preserve, scale, uce.preserve_scale(preserve), uce.settings().lamb))
         info = {"retain_texts": len(preserve), "refined_retain_rows": kept}
         config = self.edit_config(cfg)
         return Edit.from_weights(self.name, config, concepts.to_dict(), model, edited, info=info)
